@@ -1,0 +1,1 @@
+#include "dm_math.h"
