@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include <dirent.h>
+#include <stddef.h>
 #include <ltdl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,76 @@
 #include "dirmoe/dirmoe.h"
 
 #define MAX_CANDIDATES 256
+
+/* Every member of dm_backend_ops that is not marked OPTIONAL in backend.h. */
+typedef struct required_op {
+    const char *name;
+    size_t offset;
+} required_op;
+
+#define REQUIRED_OP(member) {#member, offsetof(dm_backend_ops, member)}
+static const required_op required_ops[] = {
+    REQUIRED_OP(alloc),
+    REQUIRED_OP(free),
+    REQUIRED_OP(upload),
+    REQUIRED_OP(download),
+    REQUIRED_OP(fill),
+    REQUIRED_OP(copy),
+    REQUIRED_OP(synchronize),
+    REQUIRED_OP(gemm),
+    REQUIRED_OP(axpy),
+    REQUIRED_OP(scale),
+    REQUIRED_OP(sum_squares),
+    REQUIRED_OP(encoder_forward),
+    REQUIRED_OP(encoder_backward),
+    REQUIRED_OP(layernorm_forward),
+    REQUIRED_OP(layernorm_backward),
+    REQUIRED_OP(attention_forward),
+    REQUIRED_OP(attention_backward),
+    REQUIRED_OP(gelu_forward),
+    REQUIRED_OP(gelu_backward),
+    REQUIRED_OP(bias_forward),
+    REQUIRED_OP(bias_backward),
+    REQUIRED_OP(dispatch_build),
+    REQUIRED_OP(gather_forward),
+    REQUIRED_OP(gather_backward),
+    REQUIRED_OP(combine_forward),
+    REQUIRED_OP(combine_backward),
+    REQUIRED_OP(philox),
+    REQUIRED_OP(gamma_sample),
+    REQUIRED_OP(gamma_grad),
+    REQUIRED_OP(dirmoe_route_forward),
+    REQUIRED_OP(dirmoe_route_backward),
+    REQUIRED_OP(dirmoe_route_eval),
+    REQUIRED_OP(dirmoe_reg_forward),
+    REQUIRED_OP(dirmoe_reg_backward),
+    REQUIRED_OP(topk_route_forward),
+    REQUIRED_OP(topk_route_backward),
+    REQUIRED_OP(balance_forward),
+    REQUIRED_OP(balance_backward),
+    REQUIRED_OP(xent_forward),
+    REQUIRED_OP(xent_backward),
+    REQUIRED_OP(adamw),
+};
+#define N_REQUIRED_OPS (sizeof required_ops / sizeof required_ops[0])
+
+/* Counts the required ops a descriptor leaves NULL and names the first one. */
+static int count_missing_ops(const dm_backend_desc *desc, const char **first)
+{
+    int missing = 0;
+
+    *first = NULL;
+    for (size_t i = 0; i < N_REQUIRED_OPS; i++) {
+        void (*fn)(void);
+        memcpy(&fn, (const char *)&desc->ops + required_ops[i].offset, sizeof fn);
+        if (!fn) {
+            if (!missing)
+                *first = required_ops[i].name;
+            missing++;
+        }
+    }
+    return missing;
+}
 
 static int ltdl_ready;
 
@@ -121,6 +192,15 @@ static void inspect_candidate(const char *path, dm_plugin_info *info)
                  desc->abi_version, (unsigned)DM_BACKEND_ABI_VERSION);
         return;
     }
+    if (!desc->probe || !desc->init || !desc->shutdown || !desc->name) {
+        snprintf(info->skip_reason, sizeof info->skip_reason,
+                 "invalid plugin: the descriptor lacks name, probe, init or shutdown");
+        return;
+    }
+    const char *first_missing;
+    info->ops_missing = count_missing_ops(desc, &first_missing);
+    if (first_missing)
+        snprintf(info->first_missing_op, sizeof info->first_missing_op, "%s", first_missing);
     snprintf(info->name, sizeof info->name, "%s", desc->name ? desc->name : "");
     snprintf(info->description, sizeof info->description, "%s", desc->description ? desc->description : "");
     if (desc->set_log)
@@ -175,10 +255,10 @@ dm_status dm_plugins_scan(dm_plugin_list *out)
         for (int j = 0; j < out->count - 1; j++)
             if (out->items[j].usable && strcmp(out->items[j].name, info->name) == 0) {
                 snprintf(info->skip_reason, sizeof info->skip_reason,
-                         "shadowed by %s earlier in the search path", out->items[j].path);
+                         "shadowed by %.250s earlier in the search path", out->items[j].path);
                 info->usable = 0;
             }
-        if (info->usable &&
+        if (info->usable && info->ops_missing == 0 &&
             (out->auto_index < 0 || info->probe.score > out->items[out->auto_index].probe.score))
             out->auto_index = out->count - 1;
     }
@@ -267,7 +347,7 @@ dm_status dm_backend_open(const char *name, dm_backend **out)
         for (;;) {
             int best = -1;
             for (int i = 0; i < list.count; i++)
-                if (list.items[i].usable && !tried[i] &&
+                if (list.items[i].usable && list.items[i].ops_missing == 0 && !tried[i] &&
                     (best < 0 || list.items[i].probe.score > list.items[best].probe.score))
                     best = i;
             if (best < 0)

@@ -45,6 +45,9 @@ int dm_cmd_backends(int argc, char **argv)
         for (int d = 0; d < p->probe.n_devices; d++)
             printf("  device %d: %s%s%s\n", d, p->probe.devices[d].name,
                    p->probe.devices[d].detail[0] ? " - " : "", p->probe.devices[d].detail);
+        if (p->usable && p->ops_missing)
+            printf("  partial: %d of the required ops are missing (first: %s), so auto never picks it\n",
+                   p->ops_missing, p->first_missing_op);
         if (!p->usable)
             printf("  unusable: %s\n", p->skip_reason);
     }

@@ -18,6 +18,8 @@ typedef struct dm_plugin_info {
     char description[160];
     unsigned abi_version;   /* 0 when the file is not a plugin */
     int usable;             /* 1: right ABI and probe score >= 0 */
+    int ops_missing;        /* required ops left NULL: such a plugin is never picked by auto */
+    char first_missing_op[48];
     char skip_reason[320];  /* why it is not usable */
     dm_probe_result probe;
     void *module;           /* lt_dlhandle while the list is alive; NULL if it did not load */
@@ -61,6 +63,10 @@ dm_status dm_backend_fail(const dm_backend *be, const char *op, dm_status st);
  * naming the op. Usage: DM_TRY_OP(be, gemm, 0, 0, m, n, k, ...). */
 #define DM_TRY_OP(be, op, ...)                                                   \
     do {                                                                         \
+        if (!(be)->ops->op)                                                      \
+            return dm_error(DM_ERR_UNSUPPORTED, "backend %s lacks the op " #op   \
+                            ": choose a complete backend such as reference",     \
+                            (be)->name);                                         \
         dm_status dm_try_st_ = (be)->ops->op((be)->ctx, __VA_ARGS__);            \
         if (dm_try_st_ != DM_OK)                                                 \
             return dm_backend_fail((be), #op, dm_try_st_);                       \
