@@ -1,4 +1,4 @@
-/* Routing metrics, perplexity, bits per byte and FLOPs per token, from host arrays. */
+/* Routing metrics, perplexity and bits per byte, from host arrays. */
 #include "config.h"
 
 #include <math.h>
@@ -168,17 +168,4 @@ double dm_perplexity(double loss_nats)
 double dm_bits_per_byte(double loss_nats)
 {
     return loss_nats / log(2.0);
-}
-
-double dm_flops_per_token(const dm_flops_shape *s)
-{
-    const double c = s->d_model, f = s->d_ff;
-    double params = (double)s->vocab * c; /* tied LM head */
-
-    for (int l = 0; l < s->n_layer; l++) {
-        params += 4.0 * c * c + 4.0 * c;                    /* QKV (C,3C) + proj (C,C), biases */
-        params += (double)s->router_width[l] * (c + 1.0);   /* router (C,W) and bias */
-        params += s->active[l] * (2.0 * c * f + f + c);     /* expert FFN C->F->C with biases */
-    }
-    return 6.0 * params + 12.0 * s->n_layer * c * s->seq_len;
 }

@@ -5,7 +5,8 @@
  * batches (a training interval or a whole evaluation pass) and then reduced:
  * mean active experts per token, per-expert load share, load coefficient of
  * variation, dead experts, router entropy and the mutual information between
- * input token and selected expert. Entropies are in bits.
+ * input token and selected expert. Entropies are in bits. FLOPs per token
+ * come from dm_flops_per_token in dirmoe/model.h.
  */
 #ifndef DIRMOE_METRICS_H
 #define DIRMOE_METRICS_H
@@ -68,27 +69,6 @@ void dm_routing_acc_finish(const dm_routing_acc *acc, dm_routing_metrics *out, d
  * byte-level tokens, bits per byte = loss / ln 2. */
 double dm_perplexity(double loss_nats);
 double dm_bits_per_byte(double loss_nats);
-
-/*
- * Shape of the model for FLOP counting. Convention: 6 x the parameters a
- * token uses (forward 2, backward 4 multiply-adds per weight) plus attention
- * scores over the full T x T window (no causal halving), 12 x n_layer x
- * d_model x T. Weights counted: QKV and output projection with biases, the
- * router, the active experts' two matrices with biases, and the tied LM head
- * (V x d_model). Layer norms and embeddings' lookups are left out.
- */
-typedef struct dm_flops_shape {
-    int n_layer;
-    int d_model;
-    int d_ff;
-    int vocab;
-    int seq_len;
-    const int *router_width;  /* (n_layer) router output columns: 2E DirMoE, E top-k, 0 dense FFN */
-    const double *active;     /* (n_layer) mean experts computed per token: 1 for a dense FFN */
-} dm_flops_shape;
-
-/* Returns FLOPs per trained token (forward + backward) under the convention above. */
-double dm_flops_per_token(const dm_flops_shape *shape);
 
 #ifdef __cplusplus
 }
