@@ -38,9 +38,14 @@ float dm_gamma_dlogg_dalphaf(float alpha, float log_g);
 
 /* One Marsaglia-Tsang draw of log g, g ~ Gamma(alpha, 1), in float, with the
  * counter layout of dirmoe/philox.h: element `index`, purpose DM_RNG_GAMMA.
- * Sets *fallback to 1 when 64 attempts were all rejected (then returns log alpha). */
+ * Sets *fallback (when not NULL) to 1 when 64 attempts were all rejected (then
+ * returns log alpha), else to 0. */
 float dm_gamma_sample_logf(float alpha, uint64_t seed, uint32_t index, uint32_t layer,
                            uint32_t step, int *fallback);
+/* The same draw with at most `max_attempts` attempts (the sampler uses 64); for tests
+ * of the fallback path. */
+float dm_gamma_sample_logf_attempts(float alpha, uint64_t seed, uint32_t index, uint32_t layer,
+                                    uint32_t step, int max_attempts, int *fallback);
 
 /* Selection uniform of the DirMoE gate: word 0 of the block (index, 0, layer, DM_RNG_SELECT, step). */
 float dm_select_uniform(uint64_t seed, uint32_t index, uint32_t layer, uint32_t step);
