@@ -121,7 +121,7 @@ float dm_trigammaf(float x)
 double dm_log_gamma_p(double alpha, double log_g)
 {
     if (log_g > 700.0)
-        return 0.0; /* Q < exp(-1e302) for every alpha the sampler accepts */
+        return 0.0; /* x > 1e304, so Q < exp(-1e303) for every alpha <= 1e4 */
 
     double x = exp(log_g);
     if (x < alpha + 1.0) {
