@@ -109,7 +109,7 @@ typedef struct dm_config {
     /* --- training ----------------------------------------------------- */
     int batch;              /* --batch: sequences per step B, 16 */
     int steps;              /* --steps: optimiser steps, 1000 */
-    double lr;              /* --lr: peak learning rate, 3e-4 */
+    double lr;              /* --lr: peak learning rate, 1e-3 */
     double lr_min_frac;     /* --lr-min-frac: cosine decay ends at lr * lr_min_frac, 0.1 */
     int warmup;             /* --warmup: linear warm-up steps, 100 */
     double weight_decay;    /* --weight-decay: AdamW decoupled decay on matrices, 0.1 */
