@@ -98,7 +98,7 @@ void dm_train_cli_init(dm_train_cli *cli)
         "dirmoe: hard (Bernoulli mask, straight-through) or soft (relaxed gate, all experts computed)", 0, 0,
         "hard|soft");
     OPT("alpha-min", DM_OPT_DOUBLE, &c->alpha_min, "X",
-        "dirmoe: lower bound added to softplus for the concentrations alpha", 1e-4, 10, NULL);
+        "dirmoe: lower bound added to softplus for the concentrations alpha", 1e-3, 10, NULL);
     OPT("alpha-max", DM_OPT_DOUBLE, &c->alpha_max, "X", "dirmoe: upper clamp of the concentrations alpha", 1, 1e4,
         NULL);
     OPT("select-init", DM_OPT_DOUBLE, &c->select_init, "P",
@@ -109,9 +109,9 @@ void dm_train_cli_init(dm_train_cli *cli)
     OPT("batch", DM_OPT_INT, &c->batch, "N", "sequences per step", 1, 1 << 20, NULL);
     OPT("steps", DM_OPT_INT, &c->steps, "N",
         "optimiser steps of the whole run; the learning-rate and router schedules span them", 1, INT_LIMIT, NULL);
-    OPT("lr", DM_OPT_DOUBLE, &c->lr, "X", "peak learning rate", 0, 10, NULL);
+    OPT("lr", DM_OPT_DOUBLE, &c->lr, "X", "peak learning rate", 1e-12, 9.999, NULL);
     OPT("lr-min-frac", DM_OPT_DOUBLE, &c->lr_min_frac, "X", "the cosine decay ends at X times --lr", 0, 1, NULL);
-    OPT("warmup", DM_OPT_INT, &c->warmup, "N", "linear learning-rate warm-up, in steps", 0, INT_LIMIT, NULL);
+    OPT("warmup", DM_OPT_INT, &c->warmup, "N", "linear learning-rate warm-up, in steps (may exceed --steps)", 0, INT_LIMIT, NULL);
     OPT("weight-decay", DM_OPT_DOUBLE, &c->weight_decay, "X",
         "AdamW decoupled weight decay on matrices (none on biases and layer norms)", 0, 10, NULL);
     OPT("beta1", DM_OPT_DOUBLE, &c->beta1, "X", "AdamW first-moment decay", 0, 0.999999, NULL);
@@ -208,8 +208,6 @@ int dm_train_cli_check(const dm_train_cli *cli)
         return dm_cli_fail("train", "invalid value %d for --moe-every: with --layers %d no block would be an MoE "
                                     "layer; use --router dense for a dense model",
                            c->moe_every, c->n_layer);
-    if (c->warmup > c->steps)
-        return dm_cli_fail("train", "invalid value %d for --warmup: it exceeds --steps %d", c->warmup, c->steps);
     if (cli->stop_after > c->steps)
         return dm_cli_fail("train", "invalid value %d for --stop-after: it exceeds --steps %d", cli->stop_after,
                            c->steps);
