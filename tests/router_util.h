@@ -7,7 +7,8 @@
  * so elements far below the gradient's scale are compared against that scale
  * (their finite difference is rounding noise of the loss). The numeric value
  * is the 4-point central stencil (8 (f(x+h) - f(x-h)) - (f(x+2h) - f(x-2h))) / 12h,
- * whose truncation error is O(h^4).
+ * whose truncation error is O(h^4). Set DM_TEST_VERBOSE=1 to print the largest
+ * error of every check.
  */
 #ifndef DM_TEST_ROUTER_UTIL_H
 #define DM_TEST_ROUTER_UTIL_H
@@ -107,6 +108,8 @@ static inline double test_check_gradient(const char *what, double *x, size_t n, 
         if (err > worst)
             worst = err;
     }
+    if (getenv("DM_TEST_VERBOSE"))
+        printf("%s: %zu elements, largest relative error %.2e\n", what, n, worst);
     return worst;
 }
 
