@@ -2,34 +2,36 @@
  * Reference dispatch and combine: group (token, expert) assignments by
  * expert into slots, gather token rows into those slots, and combine the
  * experts' slot outputs back into token rows with the routing weights.
+ * The loop variable x runs over experts, because the op signature names the
+ * expert count e.
  */
 #include "config.h"
 
 #include "ref_ops.h"
 
-/* mask (N,E) int32, nonzero = selected. Slots are expert-major with tokens
- * ascending inside an expert; with capacity > 0 an expert keeps its first
- * `capacity` tokens and the later ones are dropped (slot -1). Writes slot (N,E),
- * counts (E), demand (E), offsets (E+1), token_of_slot (N*E), whose entries from
- * offsets[E] on are set to -1. */
+/* Groups the assignments of mask (N,E) int32 (nonzero = selected) into
+ * expert-major slots, tokens ascending inside an expert. With capacity > 0 an
+ * expert keeps its first `capacity` tokens and drops the later ones (slot -1).
+ * Writes slot (N,E), counts (E), demand (E), offsets (E+1) and token_of_slot
+ * (N*E), whose entries from offsets[E] on are set to -1. */
 void REF(dispatch_build)(int n, int e, int capacity, const int32_t *mask, int32_t *slot,
                          int32_t *counts, int32_t *demand, int32_t *offsets,
                          int32_t *token_of_slot)
 {
     /* Demand before dropping, and the kept count under the capacity. */
     for (int x = 0; x < e; x++) {
-        int32_t d = 0;
+        int32_t selected = 0;
         for (int t = 0; t < n; t++)
-            d += mask[(size_t)t * e + x] != 0;
-        demand[x] = d;
-        counts[x] = (capacity > 0 && d > capacity) ? capacity : d;
+            selected += mask[(size_t)t * e + x] != 0;
+        demand[x] = selected;
+        counts[x] = (capacity > 0 && selected > capacity) ? capacity : selected;
     }
 
     offsets[0] = 0;
     for (int x = 0; x < e; x++)
         offsets[x + 1] = offsets[x] + counts[x];
 
-    /* Fill each expert's slots in token order; later tokens past the capacity drop. */
+    /* Fill each expert's slots in token order. Tokens past the capacity are dropped. */
     for (int x = 0; x < e; x++) {
         int32_t used = 0;
         for (int t = 0; t < n; t++) {
@@ -48,7 +50,7 @@ void REF(dispatch_build)(int n, int e, int capacity, const int32_t *mask, int32_
         token_of_slot[s] = -1;
 }
 
-/* xg (S,C): xg[s] = x[token_of_slot[s]]. */
+/* Writes xg (S,C): xg[s] = x[token_of_slot[s]]. */
 void REF(gather_forward)(int s, int c, ref_real *xg, const ref_real *x,
                          const int32_t *token_of_slot)
 {
@@ -72,7 +74,7 @@ void REF(gather_backward)(int s, int c, ref_real *dx, const ref_real *dxg,
     }
 }
 
-/* y (N,C) = sum over experts x ascending with slot[t,x] >= 0 of w[t,x] * yg[slot[t,x]],
+/* Writes y (N,C) = sum over experts x ascending with slot[t,x] >= 0 of w[t,x] * yg[slot[t,x]],
  * accumulated in double. */
 void REF(combine_forward)(int n, int e, int c, ref_real *y, const ref_real *yg,
                           const int32_t *slot, const ref_real *w)

@@ -30,9 +30,9 @@ static double concentration(double c, double alpha_min, double alpha_max, double
     return a;
 }
 
-/* log of the batch mean of sigmoid(sign * s_e) over the tokens, by log-sum-exp of
- * log sigmoid(x) = -softplus(-x), so it stays finite when every term underflows.
- * sign = +1 gives log pibar_e, sign = -1 gives log(1 - pibar_e). logits (N,2E). */
+/* Returns the log of the batch mean of sigmoid(sign * s_e) over the tokens, by
+ * log-sum-exp of log sigmoid(x) = -softplus(-x), so it stays finite when every
+ * term underflows. sign = +1 gives log pibar_e, and sign = -1 gives log(1 - pibar_e). */
 static double log_batch_mean_sigmoid(const ref_real *logits, int n, int n_expert, int e, double sign)
 {
     double vmax = -INFINITY, sum = 0.0;
@@ -49,7 +49,7 @@ static double log_batch_mean_sigmoid(const ref_real *logits, int n, int n_expert
     return vmax + log(sum) - log((double)n);
 }
 
-/* KL(q || p0) of Bernoulli variables from log q and log(1 - q), 0 log 0 taken as 0. */
+/* Returns KL(q || p0) of Bernoulli variables from log q and log(1 - q), with 0 log 0 = 0. */
 static double bernoulli_kl(double log_q, double log_1mq, double log_p0, double log_1mp0)
 {
     double q = exp(log_q), q1 = exp(log_1mq);
@@ -62,8 +62,8 @@ static double bernoulli_kl(double log_q, double log_1mq, double log_p0, double l
     return kl;
 }
 
-/* KL(Dir(alpha) || Dir(alpha0, ..., alpha0)) of one token over E experts, minus the
- * constant lnG(E alpha0) - E lnG(alpha0), which the caller adds. */
+/* Returns KL(Dir(alpha) || Dir(alpha0, ..., alpha0)) of one token over E experts
+ * without the constant -lnG(E alpha0) + E lnG(alpha0), which the caller adds. */
 static double dirichlet_kl_variable(const double *alpha, int n_expert, double alpha0)
 {
     double sum_alpha = 0.0, kl = 0.0;
@@ -134,11 +134,12 @@ static double kl_b_batch(const dm_dirmoe_reg_params *p, const ref_real *logits)
     return kl;
 }
 
-/* logits (N,2E) rows [s | c]; stats (DM_REG_NSTATS) indexed by enum dm_reg_stat. */
+/* Writes stats (DM_REG_NSTATS, indexed by enum dm_reg_stat) from logits (N,2E)
+ * with rows [s | c]. No tokens or no experts give all-zero stats. */
 void REF(dirmoe_reg_forward)(const dm_dirmoe_reg_params *p, const ref_real *logits,
                              ref_real *stats)
 {
-    if (p->n_tokens <= 0) {
+    if (p->n_tokens <= 0 || p->n_expert <= 0) {
         for (int i = 0; i < DM_REG_NSTATS; i++)
             stats[i] = 0;
         return;
@@ -168,7 +169,7 @@ void REF(dirmoe_reg_backward)(const dm_dirmoe_reg_params *p, const ref_real *log
     const int E = p->n_expert;
     const int N = p->n_tokens;
 
-    if (N <= 0)
+    if (N <= 0 || E <= 0)
         return;
 
     reg_means m = token_means(p, logits);
@@ -226,7 +227,7 @@ void REF(dirmoe_reg_backward)(const dm_dirmoe_reg_params *p, const ref_real *log
 /* ------------------------------------------------------------------------ */
 /* Switch load balancing and router z-loss                                   */
 
-/* log-sum-exp of the first E entries of one logits row, in double. */
+/* Returns the log-sum-exp of the first E entries of one logits row, in double. */
 static double row_logsumexp(const ref_real *row, int n_expert)
 {
     double vmax = -INFINITY, sum = 0.0;
@@ -248,7 +249,7 @@ void REF(balance_forward)(const dm_balance_params *p, const ref_real *logits,
     const int E = p->n_expert;
     const int N = p->n_tokens;
 
-    if (N <= 0) {
+    if (N <= 0 || E <= 0) {
         stats[DM_BAL_LOSS] = 0;
         stats[DM_BAL_ZLOSS] = 0;
         return;
@@ -283,7 +284,7 @@ void REF(balance_backward)(const dm_balance_params *p, const ref_real *logits,
     const int E = p->n_expert;
     const int N = p->n_tokens;
 
-    if (N <= 0)
+    if (N <= 0 || E <= 0)
         return;
 
     double f[E];

@@ -31,8 +31,8 @@ static double concentration(double c, double alpha_min, double alpha_max, int *c
     return *clamped ? alpha_max : a;
 }
 
-/* Rank of v[e] among the experts with eligible[j] != 0, in descending order
- * with ties to the lower index: 0 for the largest. */
+/* Returns the rank of v[e] among the experts with eligible[j] != 0, in
+ * descending order with ties to the lower index (0 for the largest). */
 static int rank_among(const double *v, const int *eligible, int n_expert, int e)
 {
     int rank = 0;
@@ -46,7 +46,7 @@ static int rank_among(const double *v, const int *eligible, int n_expert, int e)
     return rank;
 }
 
-/* Index of the largest v[e], ties to the lower index. */
+/* Returns the index of the largest v[e], ties to the lower index. */
 static int argmax(const double *v, int n_expert)
 {
     int best = 0;
@@ -57,8 +57,8 @@ static int argmax(const double *v, int n_expert)
     return best;
 }
 
-/* Philox element index of (token t of this call, expert e): (token_base + t) * E + e,
- * in 32-bit arithmetic as the counter layout defines it. */
+/* Returns the Philox element index (token_base + t) * E + e of token t of this
+ * call and expert e, in 32-bit arithmetic as the counter layout defines it. */
 static uint32_t element_index(const dm_rng_site *rng, int t, int n_expert, int e)
 {
     return (rng->token_base + (uint32_t)t) * (uint32_t)n_expert + (uint32_t)e;
@@ -107,9 +107,9 @@ void REF(gamma_grad)(size_t n, ref_real *out, const ref_real *alpha, const ref_r
 /* ------------------------------------------------------------------------ */
 /* DirMoE training forward                                                   */
 
-/* Hard selection of one token from score = s + l: m_e = 1[score_e > 0], then
- * the at-least-one rule (argmax score) and the k_max rule (keep the k_max
- * largest scores). Writes sel (E). */
+/* Writes the hard selection sel (E) of one token from score = s + l:
+ * m_e = 1[score_e > 0], then the at-least-one rule (argmax score) and the
+ * k_max rule (keep the k_max largest scores). */
 static void select_hard(const double *score, int n_expert, int k_max, int *sel)
 {
     int n_sel = 0;
@@ -133,7 +133,8 @@ static void select_hard(const double *score, int n_expert, int k_max, int *sel)
     }
 }
 
-/* logits (N,2E) rows [s | c]; u, log_g, zt, alpha, w (N,E); mask (N,E) int32. */
+/* Shapes: logits (N,2E) with rows [s | c], then u, log_g, zt, alpha, w (N,E)
+ * and mask (N,E) int32. */
 void REF(dirmoe_route_forward)(const dm_dirmoe_params *p, const ref_real *logits, ref_real *u,
                                ref_real *log_g, ref_real *zt, ref_real *alpha, int32_t *mask,
                                ref_real *w, uint32_t *fallbacks)
@@ -190,8 +191,8 @@ void REF(dirmoe_route_forward)(const dm_dirmoe_params *p, const ref_real *logits
                 fallbacks[0]++;
         }
 
-        /* Weights: softmax of log g over the selected set (a Dirichlet draw on it);
-         * soft mode adds log zt = -softplus(-(s + l) / tau) to every expert. */
+        /* Weights: softmax of log g over the selected set, a Dirichlet draw on it.
+         * Soft mode adds log zt = -softplus(-(s + l) / tau) for every expert. */
         for (int e = 0; e < E; e++) {
             weight_logit[e] = (double)log_g[row + e];
             if (soft)
@@ -298,7 +299,8 @@ void REF(dirmoe_route_eval)(const dm_dirmoe_params *p, const ref_real *logits, i
 /* ------------------------------------------------------------------------ */
 /* Top-k and Switch routing                                                  */
 
-/* logits, probs, w (N,E); mask (N,E) int32 with the k largest s. */
+/* Writes probs = softmax(s), mask (N,E) int32 with the k largest s, and w (N,E),
+ * from logits s (N,E). */
 void REF(topk_route_forward)(const dm_topk_params *p, const ref_real *logits, ref_real *probs,
                              int32_t *mask, ref_real *w)
 {
@@ -332,10 +334,10 @@ void REF(topk_route_forward)(const dm_topk_params *p, const ref_real *logits, re
                 kept_sum += prob[e];
         }
         for (int e = 0; e < E; e++) {
-            double we = 0.0;
+            double weight = 0.0;
             if (mask[row + e])
-                we = p->renormalize ? prob[e] / kept_sum : prob[e];
-            w[row + e] = (ref_real)we;
+                weight = p->renormalize ? prob[e] / kept_sum : prob[e];
+            w[row + e] = (ref_real)weight;
         }
     }
 }
