@@ -1,0 +1,216 @@
+/*
+ * OpenCL backend: internal declarations shared by the host files of the
+ * plugin. One context owns one device, one in-order command queue and one
+ * program that holds every kernel, so data stays on the device between ops
+ * and ops run in the order the core enqueues them.
+ */
+#ifndef DM_OCL_H
+#define DM_OCL_H
+
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 120
+#endif
+#include <CL/cl.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dirmoe/backend.h"
+
+/* A device buffer of n 4-byte elements (float, int32 or uint32). */
+struct dm_buffer {
+    cl_mem mem;
+    size_t n;
+};
+
+/* Every kernel of the program, in the order of ocl_kernel_names. */
+typedef enum ocl_kernel_id {
+#define OCL_KERNEL(name) OCL_K_##name,
+#include "ocl_kernels.def"
+#undef OCL_KERNEL
+    OCL_K_COUNT
+} ocl_kernel_id;
+
+extern const char *const ocl_kernel_names[OCL_K_COUNT];
+
+typedef struct ocl_ctx {
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context context;
+    cl_command_queue queue;
+    cl_program program;
+    cl_kernel kernels[OCL_K_COUNT];
+    int has_fp64;             /* cl_khr_fp64: gradients and regularisers in double */
+    size_t max_wg;            /* CL_DEVICE_MAX_WORK_GROUP_SIZE */
+    char device_name[128];
+    char driver_version[64];
+
+    /* Device scratch the ops reuse; grown on demand, never shrunk. */
+    cl_mem scratch;           /* attention probabilities, reduction partials */
+    size_t scratch_bytes;
+    cl_mem scratch2;
+    size_t scratch2_bytes;
+    cl_mem dummy;             /* bound where a tensor argument has no buffer */
+
+    int clblast_warm;         /* set after the first CLBlast call (timing log) */
+    char error[8192];         /* large enough for a kernel build log */
+} ocl_ctx;
+
+/* ---- ocl_util.c --------------------------------------------------------- */
+
+/* Returns the symbolic name of an OpenCL error code ("CL_OUT_OF_RESOURCES"). */
+const char *ocl_error_name(cl_int err);
+/* Returns the symbolic name of a CLBlast status ("CLBlastInvalidDimension" or the CL name). */
+const char *ocl_clblast_status_name(int status);
+
+/* Writes the context's error message and returns st. */
+dm_status ocl_fail(ocl_ctx *c, dm_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* Reports a failed OpenCL call `call` with code err: DM_ERR_NOMEM for allocation failures. */
+dm_status ocl_fail_cl(ocl_ctx *c, const char *op, const char *call, cl_int err);
+
+/* Logs through the core's hook when set_log installed one, else stays silent. */
+void ocl_log(dm_log_level level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+void ocl_set_log(void (*log)(dm_log_level level, const char *component, const char *message));
+
+/* Seconds on a monotonic clock, for the timing logs. */
+double ocl_now(void);
+
+/* Kernel argument builder: the first failing clSetKernelArg is kept and reported by ocl_run. */
+typedef struct ocl_args {
+    ocl_ctx *c;
+    ocl_kernel_id id;
+    cl_kernel k;
+    cl_uint next;
+    cl_int err;
+    cl_uint err_index;
+} ocl_args;
+
+ocl_args ocl_args_begin(ocl_ctx *c, ocl_kernel_id id);
+/* A tensor is two arguments: the buffer and the element offset (uint). */
+void ocl_arg_t(ocl_args *a, dm_tensor t);
+void ocl_arg_mem(ocl_args *a, cl_mem mem);
+void ocl_arg_i(ocl_args *a, int32_t v);
+void ocl_arg_u(ocl_args *a, uint32_t v);
+void ocl_arg_f(ocl_args *a, float v);
+/* An element count, as ulong. */
+void ocl_arg_n(ocl_args *a, size_t n);
+/* A double scalar travels as double with fp64 and as float without. */
+void ocl_arg_d(ocl_args *a, double v);
+void ocl_arg_local(ocl_args *a, size_t bytes);
+
+/* Enqueues the kernel over `global` work-items (1-D), local size chosen by the runtime
+ * when local is 0. A global size of 0 enqueues nothing. `op` names the op in messages. */
+dm_status ocl_run(ocl_args *a, const char *op, size_t global, size_t local);
+/* 2-D launch: global0 x global1 work-items (dimension 0 fastest). */
+dm_status ocl_run2(ocl_args *a, const char *op, size_t global0, size_t global1);
+
+/* Makes the scratch buffer at least `bytes` long. */
+dm_status ocl_scratch(ocl_ctx *c, const char *op, size_t bytes, cl_mem *out);
+dm_status ocl_scratch2(ocl_ctx *c, const char *op, size_t bytes, cl_mem *out);
+
+/* Checks that a tensor has a buffer and that n elements from its offset fit. */
+dm_status ocl_check_range(ocl_ctx *c, const char *op, dm_tensor t, size_t n);
+
+/* ---- ocl_program.c ------------------------------------------------------ */
+
+/* Builds the kernel program (from the on-disk cache when a valid entry exists) and
+ * creates every kernel. */
+dm_status ocl_program_load(ocl_ctx *c);
+/* Returns the cache directory ($XDG_CACHE_HOME/dirmoe or ~/.cache/dirmoe) in buf. */
+int ocl_cache_dir(char *buf, size_t len);
+
+/* Embedded kernel sources (generated by scripts/embed_kernels.sh). */
+extern const char *const dm_ocl_kernel_sources[];
+extern const char *const dm_ocl_kernel_files[];
+extern const size_t dm_ocl_kernel_count;
+
+/* ---- ops, one file per family ------------------------------------------- */
+
+dm_status ocl_alloc(void *ctx, size_t n, dm_buffer **out);
+void ocl_free(void *ctx, dm_buffer *buf);
+dm_status ocl_upload(void *ctx, dm_tensor dst, const void *src, size_t n);
+dm_status ocl_download(void *ctx, void *dst, dm_tensor src, size_t n);
+dm_status ocl_fill(void *ctx, dm_tensor dst, uint32_t bits, size_t n);
+dm_status ocl_copy(void *ctx, dm_tensor dst, dm_tensor src, size_t n);
+dm_status ocl_synchronize(void *ctx);
+
+dm_status ocl_gemm(void *ctx, int ta, int tb, int m, int n, int k, float alpha, dm_tensor a,
+                   int lda, dm_tensor b, int ldb, float beta, dm_tensor c, int ldc);
+dm_status ocl_axpy(void *ctx, size_t n, float a, dm_tensor x, dm_tensor y);
+dm_status ocl_scale(void *ctx, size_t n, float a, dm_tensor x);
+dm_status ocl_sum_squares(void *ctx, size_t n, dm_tensor x, dm_tensor out);
+
+dm_status ocl_encoder_forward(void *ctx, int b, int t, int c, dm_tensor out, dm_tensor tokens,
+                              dm_tensor wte, dm_tensor wpe);
+dm_status ocl_encoder_backward(void *ctx, int b, int t, int c, dm_tensor dwte, dm_tensor dwpe,
+                               dm_tensor dout, dm_tensor tokens);
+dm_status ocl_layernorm_forward(void *ctx, int n, int c, dm_tensor out, dm_tensor mean,
+                                dm_tensor rstd, dm_tensor inp, dm_tensor weight, dm_tensor bias);
+dm_status ocl_layernorm_backward(void *ctx, int n, int c, dm_tensor dinp, dm_tensor dweight,
+                                 dm_tensor dbias, dm_tensor dout, dm_tensor inp, dm_tensor weight,
+                                 dm_tensor mean, dm_tensor rstd);
+dm_status ocl_attention_forward(void *ctx, int b, int t, int c, int nh, dm_tensor out,
+                                dm_tensor lse, dm_tensor qkv);
+dm_status ocl_attention_backward(void *ctx, int b, int t, int c, int nh, dm_tensor dqkv,
+                                 dm_tensor dout, dm_tensor qkv, dm_tensor out, dm_tensor lse);
+dm_status ocl_gelu_forward(void *ctx, size_t n, dm_tensor out, dm_tensor inp);
+dm_status ocl_gelu_backward(void *ctx, size_t n, dm_tensor dinp, dm_tensor inp, dm_tensor dout);
+dm_status ocl_bias_forward(void *ctx, int m, int n, dm_tensor out, dm_tensor bias);
+dm_status ocl_bias_backward(void *ctx, int m, int n, dm_tensor dbias, dm_tensor dout);
+dm_status ocl_bias_gelu_forward(void *ctx, int m, int n, dm_tensor out, dm_tensor pre,
+                                dm_tensor bias);
+
+dm_status ocl_dispatch_build(void *ctx, int n, int e, int capacity, dm_tensor mask,
+                             dm_tensor slot, dm_tensor counts, dm_tensor demand,
+                             dm_tensor offsets, dm_tensor token_of_slot);
+dm_status ocl_gather_forward(void *ctx, int s, int c, dm_tensor xg, dm_tensor x,
+                             dm_tensor token_of_slot);
+dm_status ocl_gather_backward(void *ctx, int s, int c, dm_tensor dx, dm_tensor dxg,
+                              dm_tensor token_of_slot);
+dm_status ocl_combine_forward(void *ctx, int n, int e, int c, dm_tensor y, dm_tensor yg,
+                              dm_tensor slot, dm_tensor w);
+dm_status ocl_combine_backward(void *ctx, int n, int e, int c, dm_tensor dyg, dm_tensor dw,
+                               dm_tensor dy, dm_tensor yg, dm_tensor slot, dm_tensor w);
+
+dm_status ocl_philox(void *ctx, size_t n, uint64_t seed, uint32_t index_base, uint32_t attempt,
+                     uint32_t layer, uint32_t purpose, uint32_t step, dm_tensor out);
+dm_status ocl_gamma_sample(void *ctx, size_t n, const dm_rng_site *rng, dm_tensor log_g,
+                           dm_tensor alpha, dm_tensor fallbacks);
+dm_status ocl_gamma_grad(void *ctx, size_t n, dm_tensor out, dm_tensor alpha, dm_tensor log_g);
+dm_status ocl_dirmoe_route_forward(void *ctx, const dm_dirmoe_params *p, dm_tensor logits,
+                                   dm_tensor u, dm_tensor log_g, dm_tensor zt, dm_tensor alpha,
+                                   dm_tensor mask, dm_tensor w, dm_tensor fallbacks);
+dm_status ocl_dirmoe_route_backward(void *ctx, const dm_dirmoe_params *p, dm_tensor dlogits,
+                                    dm_tensor dw, dm_tensor logits, dm_tensor zt, dm_tensor alpha,
+                                    dm_tensor log_g, dm_tensor mask, dm_tensor w);
+dm_status ocl_dirmoe_route_eval(void *ctx, const dm_dirmoe_params *p, dm_tensor logits,
+                                dm_tensor mask, dm_tensor w);
+dm_status ocl_dirmoe_reg_forward(void *ctx, const dm_dirmoe_reg_params *p, dm_tensor logits,
+                                 dm_tensor stats);
+dm_status ocl_dirmoe_reg_backward(void *ctx, const dm_dirmoe_reg_params *p, dm_tensor logits,
+                                  dm_tensor dlogits);
+dm_status ocl_topk_route_forward(void *ctx, const dm_topk_params *p, dm_tensor logits,
+                                 dm_tensor probs, dm_tensor mask, dm_tensor w);
+dm_status ocl_topk_route_backward(void *ctx, const dm_topk_params *p, dm_tensor dlogits,
+                                  dm_tensor dw, dm_tensor probs, dm_tensor mask, dm_tensor w);
+
+dm_status ocl_balance_forward(void *ctx, const dm_balance_params *p, dm_tensor logits,
+                              dm_tensor probs, dm_tensor demand, dm_tensor stats);
+dm_status ocl_balance_backward(void *ctx, const dm_balance_params *p, dm_tensor logits,
+                               dm_tensor probs, dm_tensor demand, dm_tensor dlogits);
+dm_status ocl_xent_forward(void *ctx, int n, int v, dm_tensor losses, dm_tensor probs,
+                           dm_tensor logits, dm_tensor targets);
+dm_status ocl_xent_backward(void *ctx, int n, int v, float scale, dm_tensor dlogits,
+                            dm_tensor probs, dm_tensor targets);
+dm_status ocl_adamw(void *ctx, size_t n, const dm_adamw_params *p, dm_tensor params,
+                    dm_tensor grads, dm_tensor m, dm_tensor v);
+
+#endif
