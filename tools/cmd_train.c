@@ -228,6 +228,22 @@ static int prepare_output(train_run *run)
     return 0;
 }
 
+/* Notes on stderr when the configuration row records other training data than this run reads. */
+static void note_changed_data(const train_run *run, const cJSON *row)
+{
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(row, "type");
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(row, "data");
+    const cJSON *tokens = cJSON_GetObjectItemCaseSensitive(row, "train_tokens");
+
+    if (!cJSON_IsString(type) || strcmp(type->valuestring, "config") != 0 || !cJSON_IsString(data) ||
+        !cJSON_IsNumber(tokens))
+        return;
+    if (strcmp(data->valuestring, run->data.train.path) != 0 || tokens->valuedouble != (double)run->data.train.n)
+        fprintf(stderr, "dirmoe %s: note: the run started on '%s' (%.0f training bytes) and resumes on '%s' (%zu "
+                        "bytes), so it will not match an uninterrupted run\n",
+                CMD, data->valuestring, tokens->valuedouble, run->data.train.path, run->data.train.n);
+}
+
 /*
  * Drops the rows after the checkpoint's step from OUT/metrics.jsonl, so a
  * resumed run does not repeat rows that a stop after the last checkpoint left
@@ -257,6 +273,8 @@ static int trim_metrics(train_run *run, int64_t step)
         int keep = row && (!cJSON_IsNumber(s) || s->valuedouble <= (double)step);
         if (keep && fputs(line, out) == EOF)
             bad = 1;
+        if (row)
+            note_changed_data(run, row);
         cJSON_Delete(row);
     }
     free(line);
