@@ -380,11 +380,11 @@ dm_status dm_backend_open(const char *name, dm_backend **out)
                           name, list.items[match].path, list.items[match].skip_reason, found);
         else {
             /* A module of another ABI has no trusted name: mention it by file name. */
-            char abi_note[512] = "";
+            char abi_note[1536] = "";
             for (int i = 0; i < list.count; i++)
                 if (list.items[i].abi_version && list.items[i].abi_version != DM_BACKEND_ABI_VERSION &&
                     strstr(list.items[i].path, name)) {
-                    snprintf(abi_note, sizeof abi_note, "; %s %s", list.items[i].path,
+                    snprintf(abi_note, sizeof abi_note, "; %.1000s %.320s", list.items[i].path,
                              list.items[i].skip_reason);
                     break;
                 }

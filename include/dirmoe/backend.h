@@ -13,6 +13,8 @@
  *    every gradient they produce, so the core zeroes gradient buffers once
  *    per step. Ops marked "writes" overwrite instead.
  *  - Inputs are never modified. Outputs must not alias inputs unless stated.
+ *  - The caller guarantees sizes, offsets and index values (token ids in
+ *    [0, V), slots, targets) are in range; compute ops need not check them.
  *  - Ops may run asynchronously; download() and synchronize() are the only
  *    points where the host waits for results.
  *  - An op returns DM_OK, or a status with a message available from
