@@ -335,17 +335,20 @@ static void interval_active(const train_run *run, double *active)
     }
 }
 
-static double mean_active_all_layers(const train_run *run)
+/* Formats "active X.XX  " with the interval's mean active experts over MoE layers; "" for a dense model. */
+static const char *active_text(const train_run *run, char *buf, size_t len)
 {
     const interval_sums *s = run->sums;
     const int n_moe = run->last.n_moe;
     double total = 0.0;
 
+    buf[0] = '\0';
     if (!n_moe || !s->steps)
-        return 0.0;
+        return buf;
     for (int i = 0; i < n_moe; i++)
         total += s->active[i] / s->steps;
-    return total / n_moe;
+    snprintf(buf, len, "active %.2f  ", total / n_moe);
+    return buf;
 }
 
 static void add_to_interval(train_run *run, const dm_step_stats *st, double seconds)
@@ -455,12 +458,12 @@ static int log_interval(train_run *run)
         return 1;
 
     if (!run->progress_line) {
-        char eta[32];
+        char eta[32], active[32];
         double per_step = run->steps_timed ? run->step_seconds / run->steps_timed : 0.0;
         format_duration(per_step * (double)(cfg->steps - run->state.step), eta, sizeof eta);
-        printf("step %lld/%d  loss %.4f  bpb %.4f  lr %.3g  active %.2f  %.0f tok/s  ETA %s\n",
-               (long long)run->state.step, cfg->steps, s->loss / n, dm_bits_per_byte(ce), run->last.lr,
-               mean_active_all_layers(run), tok_s, eta);
+        printf("step %lld/%d  loss %.4f  bpb %.4f  lr %.3g  %s%.0f tok/s  ETA %s\n", (long long)run->state.step,
+               cfg->steps, s->loss / n, dm_bits_per_byte(ce), run->last.lr, active_text(run, active, sizeof active),
+               tok_s, eta);
         fflush(stdout);
     }
     memset(s, 0, sizeof *s);
@@ -478,12 +481,12 @@ static void draw_progress(train_run *run, int force)
         return;
     run->last_draw = t;
 
-    char eta[32];
+    char eta[32], active[32];
     double per_step = run->step_seconds / (double)run->steps_timed;
     double tok_s = s->seconds > 0 ? s->steps * (double)cfg->batch * cfg->seq_len / s->seconds : 0.0;
     format_duration(per_step * (double)(cfg->steps - run->state.step), eta, sizeof eta);
-    printf("\rstep %lld/%d  loss %.4f  %.0f tok/s  active %.2f  ETA %s   ", (long long)run->state.step,
-           cfg->steps, s->loss / s->steps, tok_s, mean_active_all_layers(run), eta);
+    printf("\rstep %lld/%d  loss %.4f  %.0f tok/s  %sETA %s   ", (long long)run->state.step, cfg->steps,
+           s->loss / s->steps, tok_s, active_text(run, active, sizeof active), eta);
     fflush(stdout);
     run->line_open = 1;
 }

@@ -187,14 +187,16 @@ int dm_train_cli_check(const dm_train_cli *cli)
 {
     const dm_config *c = &cli->cfg;
     const int moe = c->router != DM_ROUTER_DENSE;
+    /* switch always keeps one expert and dense none, so --k matters to dirmoe and topk only */
+    const int uses_k = c->router == DM_ROUTER_DIRMOE || c->router == DM_ROUTER_TOPK;
 
     if (c->d_model % c->n_head != 0)
         return dm_cli_fail("train", "invalid value %d for --heads: it must divide --d-model %d", c->n_head,
                            c->d_model);
-    if (moe && c->k > c->n_expert)
+    if (uses_k && c->k > c->n_expert)
         return dm_cli_fail("train", "invalid value %g for --k: it exceeds --experts %d; lower --k or add experts",
                            c->k, c->n_expert);
-    if (moe && c->router == DM_ROUTER_TOPK && c->k != floor(c->k))
+    if (c->router == DM_ROUTER_TOPK && c->k != floor(c->k))
         return dm_cli_fail("train", "invalid value %g for --k: topk keeps a whole number of experts; use an integer",
                            c->k);
     if (moe && c->k_max > c->n_expert)
