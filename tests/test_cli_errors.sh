@@ -100,6 +100,12 @@ err=$(train_fails --steps 8 --data "$corpus" --out "$run" --resume)
 one_line_with "$err" "steps"
 unchanged "resume with another --steps"
 
+mkdir "$tmp/metrics-only"
+echo '{"type":"config"}' >"$tmp/metrics-only/metrics.jsonl"
+err=$(train_fails --data "$corpus" --out "$tmp/metrics-only")
+one_line_with "$err" "metrics.jsonl"
+test "$(cat "$tmp/metrics-only/metrics.jsonl")" = '{"type":"config"}' || fail "an earlier run's metrics were overwritten"
+
 err=$(train_fails --data "$corpus" --out "$tmp/nothing-here" --resume)
 one_line_with "$err" "no checkpoint"
 

@@ -225,6 +225,13 @@ static int prepare_output(train_run *run)
         return dm_cli_fail(CMD, "'%s' already holds a run (%s exists): pass --resume to continue it, or choose "
                                 "another --out",
                            out, run->checkpoint_path);
+
+    /* A run that stopped before its first checkpoint leaves metrics that a new run would overwrite. */
+    struct stat sb;
+    if (!run->cli.resume && stat(run->metrics_path, &sb) == 0 && sb.st_size > 0)
+        return dm_cli_fail(CMD, "'%s' holds the metrics of an earlier run that saved no checkpoint (%s): remove it "
+                                "or choose another --out",
+                           out, run->metrics_path);
     return 0;
 }
 
