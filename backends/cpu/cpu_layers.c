@@ -200,15 +200,44 @@ static inline float gelu_grad(float x)
     return s + 2.0f * x * s * (e * s) * da;
 }
 
+CPU_SIMD_CLONES
+static void gelu_forward_span(float *out, const float *inp, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = gelu(inp[i]);
+}
+
+CPU_SIMD_CLONES
+static void gelu_backward_span(float *dinp, const float *inp, const float *dout, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dinp[i] += gelu_grad(inp[i]) * dout[i];
+}
+
+/* pre += bias and out = gelu(pre) over one row. */
+CPU_SIMD_CLONES
+static void bias_gelu_row(float *out, float *pre, const float *bias, int n)
+{
+    for (int j = 0; j < n; j++) {
+        float x = pre[j] + bias[j];
+        pre[j] = x;
+        out[j] = gelu(x);
+    }
+}
+
 dm_status cpu_gelu_forward(void *ctx, size_t n, dm_tensor out, dm_tensor inp)
 {
     cpu_ctx *cx = ctx;
     float *op = f32(out);
     const float *ip = f32(inp);
+    size_t nspans = cpu_nchunks(n, CPU_SPAN);
 
-#pragma omp parallel for num_threads(cx->nthreads) schedule(static) if (n >= 16384)
-    for (size_t i = 0; i < n; i++)
-        op[i] = gelu(ip[i]);
+#pragma omp parallel for num_threads(cx->nthreads) schedule(static) if (nspans > 1)
+    for (size_t sp = 0; sp < nspans; sp++) {
+        size_t lo = sp * CPU_SPAN;
+        size_t len = n - lo < CPU_SPAN ? n - lo : CPU_SPAN;
+        gelu_forward_span(op + lo, ip + lo, len);
+    }
     return DM_OK;
 }
 
@@ -218,10 +247,14 @@ dm_status cpu_gelu_backward(void *ctx, size_t n, dm_tensor dinp, dm_tensor inp, 
     float *dip = f32(dinp);
     const float *ip = f32(inp);
     const float *dop = f32(dout);
+    size_t nspans = cpu_nchunks(n, CPU_SPAN);
 
-#pragma omp parallel for num_threads(cx->nthreads) schedule(static) if (n >= 16384)
-    for (size_t i = 0; i < n; i++)
-        dip[i] += gelu_grad(ip[i]) * dop[i];
+#pragma omp parallel for num_threads(cx->nthreads) schedule(static) if (nspans > 1)
+    for (size_t sp = 0; sp < nspans; sp++) {
+        size_t lo = sp * CPU_SPAN;
+        size_t len = n - lo < CPU_SPAN ? n - lo : CPU_SPAN;
+        gelu_backward_span(dip + lo, ip + lo, dop + lo, len);
+    }
     return DM_OK;
 }
 
@@ -274,14 +307,7 @@ dm_status cpu_bias_gelu_forward(void *ctx, int m, int n, dm_tensor out, dm_tenso
 
     /* One pass over the (M,N) block: pre += bias, out = gelu(pre). */
 #pragma omp parallel for num_threads(cx->nthreads) schedule(static) if (m >= ROWS_PARALLEL_MIN)
-    for (int row = 0; row < m; row++) {
-        float *p = pp + (size_t)row * n;
-        float *o = op + (size_t)row * n;
-        for (int j = 0; j < n; j++) {
-            float x = p[j] + bp[j];
-            p[j] = x;
-            o[j] = gelu(x);
-        }
-    }
+    for (int row = 0; row < m; row++)
+        bias_gelu_row(op + (size_t)row * n, pp + (size_t)row * n, bp, n);
     return DM_OK;
 }

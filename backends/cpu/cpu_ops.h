@@ -42,6 +42,21 @@ typedef struct cpu_ctx {
     cpu_thread_scratch *thread; /* nthreads entries */
 } cpu_ctx;
 
+/*
+ * Elementwise loops that call cpu_expf are compiled for AVX-512, AVX2 and the
+ * baseline, chosen at load time (GCC function multi-versioning), because the
+ * plugin is built for baseline x86-64. Every variant runs the same float
+ * operations without contraction, so results do not depend on the variant.
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CPU_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CPU_SIMD_CLONES
+#endif
+
+/* Elements per chunk of an elementwise OpenMP loop. */
+#define CPU_SPAN 4096
+
 /* Host pointers of a tensor view as float, int32 or uint32 elements. */
 static inline float *f32(dm_tensor t)
 {

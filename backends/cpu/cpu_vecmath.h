@@ -10,7 +10,8 @@
 #include <stdint.h>
 #include <string.h>
 
-/* e^x for x in [-87.3, 88.7] (inputs outside are clamped; -inf gives about 1e-38, not 0). */
+/* e^x for x in [-87.3, 88.3]; inputs outside are clamped, so -inf gives about 1e-38
+ * instead of 0 and +inf about 2e38 instead of inf. */
 static inline float cpu_expf(float x)
 {
     const float log2e = 1.44269504088896341f;
@@ -19,9 +20,9 @@ static inline float cpu_expf(float x)
     const float round_magic = 12582912.0f;  /* 1.5 * 2^23: adding it rounds to an integer */
 
     x = x < -87.3f ? -87.3f : x;
-    x = x > 88.7f ? 88.7f : x;
+    x = x > 88.3f ? 88.3f : x;
 
-    /* x = n ln 2 + r with |r| <= ln2 / 2. */
+    /* x = n ln 2 + r with |r| <= ln2 / 2 and n in [-126, 127]. */
     float n = (x * log2e + round_magic) - round_magic;
     float r = (x - n * ln2_hi) - n * ln2_lo;
 
@@ -35,16 +36,11 @@ static inline float cpu_expf(float x)
     p = p * r + 1.0f;
     p = p * r + 1.0f;
 
-    /* Multiply by 2^n in two halves so n = -126 .. 128 never builds a denormal or inf scale. */
-    int32_t ni = (int32_t)n;
-    int32_t n1 = ni / 2;
-    int32_t n2 = ni - n1;
-    uint32_t b1 = (uint32_t)(n1 + 127) << 23;
-    uint32_t b2 = (uint32_t)(n2 + 127) << 23;
-    float s1, s2;
-    memcpy(&s1, &b1, sizeof s1);
-    memcpy(&s2, &b2, sizeof s2);
-    return p * s1 * s2;
+    /* 2^n built in the exponent field: n + 127 lies in [1, 254], a normal float. */
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
 }
 
 #endif
