@@ -1,6 +1,7 @@
 /* dirmoe conformance: compares a backend with the reference, op by op. */
 #include "config.h"
 
+#include <regex.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -37,10 +38,12 @@ int dm_cmd_conformance(int argc, char **argv)
 {
     const char *backend = NULL, *op_regex = NULL, *format = "table";
     long long seed = 20260209;
+    int no_model = 0;
     const dm_option opts[] = {
         {"backend", DM_OPT_STRING, &backend, "NAME", "backend under test (overrides DIRMOE_BACKEND; default auto)", 0, 0, NULL},
         {"op", DM_OPT_STRING, &op_regex, "REGEX", "only ops whose name matches this POSIX extended regular expression", 0, 0, NULL},
         {"format", DM_OPT_CHOICE, &format, "FMT", "output format: table or csv (default table)", 0, 0, "table|csv"},
+        {"no-model", DM_OPT_FLAG, &no_model, NULL, "skip the whole-model check (20 training steps on both backends)", 0, 0, NULL},
         {"seed", DM_OPT_LONG, &seed, "N", "seed of the generated test data (default 20260209)", 1, 9.2e18, NULL},
         {NULL, 0, NULL, NULL, NULL, 0, 0, NULL},
     };
@@ -79,6 +82,24 @@ int dm_cmd_conformance(int argc, char **argv)
     dm_conf_options copts = {op_regex, (uint64_t)seed};
     dm_conf_summary sum;
     dm_status st = dm_conformance_run(ref, test, &copts, report_row, &ctx, &sum);
+
+    /* The whole-model check runs with every op, or when --op matches "model". */
+    regex_t re;
+    int want_model = 1;
+    if (op_regex && regcomp(&re, op_regex, REG_EXTENDED | REG_NOSUB) == 0) {
+        want_model = regexec(&re, "model", 0, NULL, 0) == 0;
+        regfree(&re);
+    }
+    if (!st && want_model && !no_model) {
+        dm_conf_row row;
+        st = dm_conformance_model(ref, test, 20, &row);
+        if (!st) {
+            report_row(&row, &ctx);
+            sum.cases++;
+            sum.passed += row.result == DM_CONF_PASS;
+            sum.failed += row.result == DM_CONF_FAIL;
+        }
+    }
     dm_backend_close(test);
     dm_backend_close(ref);
     if (st)

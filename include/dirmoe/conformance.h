@@ -65,6 +65,15 @@ typedef void (*dm_conf_report_fn)(const dm_conf_row *row, void *user);
 dm_status dm_conformance_run(const dm_backend *reference, const dm_backend *test, const dm_conf_options *opts,
                              dm_conf_report_fn report, void *user, dm_conf_summary *summary);
 
+/*
+ * Whole-model check: trains a small DirMoE model for `steps` AdamW steps on
+ * both backends from the same parameters and batches, with the router noise
+ * drawn by the reference and fed to the backend under test. Fills one row:
+ * it fails when a step's loss differs by more than 1e-4 relative or the final
+ * parameters' NMSE exceeds 1e-6. Returns an error only when the reference fails.
+ */
+dm_status dm_conformance_model(dm_backend *reference, dm_backend *test, int steps, dm_conf_row *row);
+
 #ifdef __cplusplus
 }
 #endif
