@@ -480,9 +480,9 @@ START_TEST(test_route_hard_straight_through)
 }
 END_TEST
 
-/* The task gradient through the weights sums to zero over the selected set,
- * and is exactly zero for a token with one selected expert. */
-START_TEST(test_route_hard_dlogg_sums_to_zero)
+/* The task gradient w_e (a_e - abar) is exactly zero for a token with one
+ * selected expert, because its weight is 1 whatever s and c are. */
+START_TEST(test_route_hard_one_kept_zero_grad)
 {
     test_rng rng = {52};
     int N = 16, E = 4;
@@ -735,7 +735,7 @@ static Suite *router_dirmoe_suite(void)
     tcase_add_test(tc, test_route_soft_grad_alpha);
     tcase_add_test(tc, test_route_hard_grad_alpha);
     tcase_add_test(tc, test_route_hard_straight_through);
-    tcase_add_test(tc, test_route_hard_dlogg_sums_to_zero);
+    tcase_add_test(tc, test_route_hard_one_kept_zero_grad);
     tcase_add_test(tc, test_route_alpha_clamp);
     tcase_add_test(tc, test_route_no_expert_selected);
     tcase_add_test(tc, test_route_k_max_cap);
