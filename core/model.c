@@ -200,14 +200,14 @@ static void layout_activations(dm_model *m)
 
 /* ---- creation ------------------------------------------------------------- */
 
-static dm_status alloc_buffer(dm_model *m, size_t n, dm_buffer **out, const char *what)
+static dm_status alloc_buffer(dm_model *m, size_t n, dm_buffer **out, const char *purpose)
 {
     dm_status st = m->be->ops->alloc(m->be->ctx, n ? n : 1, out);
     if (st) {
         *out = NULL;
         return dm_error(st, "model: cannot allocate the %s (%zu MiB) on backend %s: %s; reduce "
                         "--batch, --seq-len or the model size",
-                        what, (n * 4) >> 20, m->be->name, m->be->desc->last_error(m->be->ctx));
+                        purpose, (n * 4) >> 20, m->be->name, m->be->desc->last_error(m->be->ctx));
     }
     return DM_OK;
 }

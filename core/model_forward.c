@@ -77,7 +77,7 @@ static int all_finite(const float *x, size_t n)
 
 /*
  * Finds the first MoE layer whose router output or regulariser statistics are
- * non-finite and returns DM_ERR_NUMERIC naming it; called only after a
+ * non-finite and returns DM_ERR_NUMERIC naming it. It runs only after a
  * non-finite loss, so the extra downloads cost nothing in normal runs.
  */
 static dm_status report_non_finite(dm_model *m, int n, int64_t step, double ce, double aux)
@@ -86,27 +86,27 @@ static dm_status report_non_finite(dm_model *m, int n, int64_t step, double ce, 
     for (int i = 0; i < m->n_moe; i++) {
         dm_moe_layer *ml = &m->moes[i];
         const dm_layer_stats *s = &m->stats[i];
-        const char *what = NULL;
+        const char *bad_output = NULL;
         size_t nr = (size_t)n * ml->width;
         float *buf = malloc(nr * sizeof *buf);
         if (!buf)
             return dm_error(DM_ERR_NOMEM, "model: out of host memory while checking the routers");
 
         if (m->be->ops->download(m->be->ctx, buf, ACT(m, ml->logits), nr) == DM_OK && !all_finite(buf, nr))
-            what = "router logits";
+            bad_output = "router logits";
         else if (m->be->ops->download(m->be->ctx, buf, ACT(m, ml->w), (size_t)n * E) == DM_OK &&
                  !all_finite(buf, (size_t)n * E))
-            what = "routing weights";
+            bad_output = "routing weights";
         else if (!isfinite(s->kl_b) || !isfinite(s->kl_d) || !isfinite(s->kbar) || !isfinite(s->aux_loss))
-            what = "regulariser or auxiliary loss";
+            bad_output = "regulariser or auxiliary loss";
         free(buf);
 
-        if (what)
+        if (bad_output)
             return dm_error(DM_ERR_NUMERIC,
                             "step %lld: the loss is not finite (cross-entropy %g, router terms %g): the "
                             "router of MoE block %d produced non-finite %s; lower --lr, keep --clip on, "
                             "or resume from an earlier checkpoint",
-                            (long long)step, ce, aux, ml->block, what);
+                            (long long)step, ce, aux, ml->block, bad_output);
     }
     return dm_error(DM_ERR_NUMERIC,
                     "step %lld: the loss is not finite (cross-entropy %g, router terms %g) and every "

@@ -1,7 +1,7 @@
 /*
- * The MoE layer: router linear map, routing, dispatch to per-expert groups,
- * the expert FFNs as one GEMM pair per expert on its grouped tokens, and the
- * weighted combine; and the backward of all of it.
+ * The MoE layer and its backward: router linear map, routing, dispatch to
+ * per-expert groups, the expert FFNs as one GEMM pair per expert on its
+ * grouped tokens, and the weighted combine.
  *
  * Shapes: N tokens, C = d_model, F = d_ff, E experts, R router outputs per
  * token (2E for dirmoe: [s | c]; E for topk and switch), S = assignments kept
@@ -24,7 +24,7 @@ static size_t grp_h(const dm_model *m, size_t cap) { return cap * ((size_t)m->C 
 static size_t grp_yg(const dm_model *m, size_t cap) { return cap * ((size_t)m->C + 2 * (size_t)m->F); }
 
 /* Grows a grouped buffer to at least `slots` rows (contents are not kept). */
-static dm_status grow(dm_model *m, dm_buffer **buf, size_t *cap, size_t slots, const char *what)
+static dm_status grow(dm_model *m, dm_buffer **buf, size_t *cap, size_t slots, const char *purpose)
 {
     if (*cap >= slots && *buf)
         return DM_OK;
@@ -45,7 +45,7 @@ static dm_status grow(dm_model *m, dm_buffer **buf, size_t *cap, size_t slots, c
         *buf = NULL;
         return dm_error(st, "model: cannot allocate %s for %zu expert slots (%zu MiB) on backend %s: %s; "
                         "reduce --batch or --k-max",
-                        what, want, (n * 4) >> 20, m->be->name, m->be->desc->last_error(m->be->ctx));
+                        purpose, want, (n * 4) >> 20, m->be->name, m->be->desc->last_error(m->be->ctx));
     }
     *cap = want;
     return DM_OK;
@@ -266,7 +266,7 @@ dm_status dm_moe_forward(dm_model *m, dm_moe_layer *ml, int n, int mode, int64_t
 
 /* ---- backward ------------------------------------------------------------- */
 
-/* Backward of the expert FFNs; gscratch holds dyg | dh | dhpre | dxg, each with `gcap` rows. */
+/* Backward of the expert FFNs. gscratch contains dyg | dh | dhpre | dxg, each with `gcap` rows. */
 static dm_status experts_backward(dm_model *m, dm_moe_layer *ml)
 {
     dm_backend *be = m->be;

@@ -6,7 +6,7 @@
  * Each field has an option name (the CLI's --option-name, with dashes) and a
  * JSON key (the field name, with underscores). dm_config_set() parses any
  * option from text by its option name, so the CLI and config files share one
- * parser; dm_config_option_at() lists the options with their help text.
+ * parser. dm_config_option_at() lists the options with their help text.
  */
 #ifndef DIRMOE_CONFIG_H
 #define DIRMOE_CONFIG_H
@@ -57,9 +57,9 @@ typedef enum dm_schedule_shape {
  *    against 2.47), within about two seed spreads.
  *  - alpha0 = 1 constant: sampled weights, mean weights and a prior
  *    concentration rising to 100 all landed within 0.02 of each other.
- *  - sparsity = adaptive with dual_step 0.01 and lambda_s 0.1: the realised
- *    count drifts below k during exploration; the dual variable pulls it back
- *    and keeps it at k without a large quadratic weight.
+ *  - sparsity = adaptive with dual_step 0.01 and lambda_s 0.1: chosen, not
+ *    tuned. The prototype's realised count drifted below k during exploration,
+ *    and the signed dual update corrects a drift in either direction.
  *  - beta_b = 0.01, beta_d = 0.001: small next to the cross-entropy (a few
  *    nats), so the task loss decides routing; chosen, not tuned.
  */
