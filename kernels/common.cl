@@ -20,7 +20,29 @@ typedef double acc_t;
 typedef float acc_t;
 #endif
 
-#define DM_PI_F 3.14159265358979323846f
+/* Template parameters of common/igamma_impl.h, which the host concatenates after
+ * common/temme_coef.h and this file: the incomplete-gamma kernels in acc_t, with
+ * the suffix _k. The table of temme_coef.h becomes `static constant dm_table_t`,
+ * because OpenCL C 1.2 keeps program-scope data in the constant address space. */
+#ifdef DM_FP64
+typedef double dm_table_t;
+#define R_EPS 1e-16
+#define R_LOG_MAX 700.0
+#define R_MAX DBL_MAX
+#else
+typedef float dm_table_t;
+#define R_EPS 3e-8f
+#define R_LOG_MAX 80.0f
+#define R_MAX FLT_MAX
+#endif
+#define REAL acc_t
+#define SFX(name) name##_k
+#define R_LOG log
+#define R_EXP exp
+#define R_LOG1P log1p
+#define R_EXPM1 expm1
+#define R_SQRT sqrt
+#define R_FABS fabs
 
 /* Philox purposes, as in dirmoe/philox.h. */
 #define DM_RNG_SELECT 2u

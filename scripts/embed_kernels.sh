@@ -3,6 +3,10 @@
 # OpenCL plugin needs no file at run time. Usage:
 #   embed_kernels.sh OUTPUT.c SRCDIR kernels/a.cl kernels/b.cl ...
 # The files are embedded in the order given; the plugin builds them as one program.
+# C headers shared with the host code may be listed too: OpenCL C 1.2 keeps
+# program-scope data in the constant address space, so a line that starts with
+# `static const double ` becomes `static constant dm_table_t ` (dm_table_t is
+# defined by the kernels: double with fp64, else float).
 set -e
 out=$1
 srcdir=$2
@@ -16,7 +20,8 @@ tmp="$out.tmp"
     echo "const char *const dm_ocl_kernel_sources[] = {"
     for f in "$@"; do
         echo "    /* $f */"
-        awk '{ gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); printf "    \"%s\\n\"\n", $0 }' "$srcdir/$f"
+        awk '{ sub(/^static const double /, "static constant dm_table_t ");
+               gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); printf "    \"%s\\n\"\n", $0 }' "$srcdir/$f"
         echo "    ,"
     done
     echo "};"

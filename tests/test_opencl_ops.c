@@ -769,6 +769,16 @@ int main(void)
     }
     setenv("XDG_CACHE_HOME", temp_root, 1);
 
+    /* PoCL compiles each kernel on first launch and caches that under XDG_CACHE_HOME,
+     * which is fresh here; a PoCL cache in the build tree keeps reruns to seconds. */
+    const char *builddir = getenv("DIRMOE_TOP_BUILDDIR");
+    if (builddir && !getenv("POCL_CACHE_DIR")) {
+        char pocl[400];
+        snprintf(pocl, sizeof pocl, "%s/tests/pocl-cache", builddir);
+        mkdir(pocl, 0755);
+        setenv("POCL_CACHE_DIR", pocl, 1);
+    }
+
     SRunner *sr = srunner_create(opencl_suite());
     /* One process for the whole suite: the backend (and the CLBlast kernels it compiled)
      * is shared by the op tests, which keeps the run short on a CPU device. */
