@@ -151,8 +151,10 @@ static int list_directory(const char *dir, char **paths, int count)
             if (paths[count])
                 snprintf(paths[count++], len, "%s/%s", dir, names[i]);
         }
-        free(names[i]);
     }
+    /* Freed only now: the hiding test above reads every name, earlier ones included. */
+    for (int i = 0; i < n; i++)
+        free(names[i]);
     return count;
 }
 
