@@ -7,6 +7,9 @@
 #include "dirmoe/philox.h"
 #include "dirmoe/backend.h"
 #include "dirmoe/loader.h"
+#include "dirmoe/config.h"
+#include "dirmoe/model.h"
+#include "dirmoe/train.h"
 
 #ifdef __cplusplus
 extern "C" {
