@@ -1,8 +1,8 @@
 /*
  * End-to-end training of tiny models on the reference backend: the loss falls
  * on repeated text for every router, the DirMoE realised count moves toward k,
- * evaluation and the logits forward run, and a non-finite router output is
- * reported as DM_ERR_NUMERIC naming its MoE block.
+ * evaluation and the logits forward run, and fixed noise reproduces a draw.
+ * A non-finite router output is reported as DM_ERR_NUMERIC naming its block.
  */
 #include "config.h"
 
@@ -157,6 +157,56 @@ START_TEST(evaluate_and_logits)
 }
 END_TEST
 
+/* Noise taken from one training forward and fed back as fixed noise reproduces its loss exactly. */
+START_TEST(fixed_noise_reproduces_draw)
+{
+    dm_config cfg;
+    tiny_config(&cfg, DM_ROUTER_DIRMOE);
+    dm_backend *be = open_reference();
+    dm_model *m = create_model(be, &cfg);
+    dm_data data;
+    load_synthetic(&data, cfg.seq_len);
+    dm_train_state state;
+    dm_train_state_init(m, &state);
+    dm_batch batch;
+    ck_assert_int_eq(dm_batch_alloc(&batch, cfg.batch, cfg.seq_len), DM_OK);
+    ck_assert_int_eq(dm_data_sample(&data.train, cfg.seed, 0, 0, &batch), DM_OK);
+
+    dm_step_stats drawn, fixed;
+    ck_assert_int_eq(dm_model_forward_backward(m, &state, &batch, NULL, &drawn), DM_OK);
+    int n = cfg.batch * cfg.seq_len;
+    size_t ne = (size_t)n * cfg.n_expert;
+    float *u = malloc(ne * sizeof *u), *lg = malloc(ne * sizeof *lg);
+    for (int l = 0; l < cfg.n_layer; l++) {
+        ck_assert_int_eq(dm_model_get_noise(m, l, u, lg, n), DM_OK);
+        ck_assert_int_eq(dm_model_set_fixed_noise(m, l, u, lg, n), DM_OK);
+    }
+
+    /* A different step would draw different noise; the fixed noise ignores the step. */
+    state.step = 7;
+    ck_assert_int_eq(dm_model_forward_backward(m, &state, &batch, NULL, &fixed), DM_OK);
+    state.step = 0;
+    ck_assert_double_eq(drawn.ce, fixed.ce);
+    ck_assert_double_eq(drawn.layers[0].active_mean, fixed.layers[0].active_mean);
+
+    /* Clearing the mode draws again; a wrong token count is rejected. */
+    ck_assert_int_eq(dm_model_set_fixed_noise(m, 0, u, lg, n / 2), DM_OK);
+    ck_assert_int_eq(dm_model_forward_backward(m, &state, &batch, NULL, &fixed), DM_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(dm_last_error(), "fixed noise"));
+    ck_assert_int_eq(dm_model_set_fixed_noise(m, 0, NULL, NULL, 0), DM_OK);
+    ck_assert_int_eq(dm_model_set_fixed_noise(m, 1, NULL, NULL, 0), DM_OK);
+    ck_assert_int_eq(dm_model_forward_backward(m, &state, &batch, NULL, &fixed), DM_OK);
+    ck_assert_double_eq(drawn.ce, fixed.ce);
+
+    free(u);
+    free(lg);
+    dm_batch_free(&batch);
+    dm_data_free(&data);
+    dm_model_free(m);
+    dm_backend_close(be);
+}
+END_TEST
+
 START_TEST(nan_router_is_reported)
 {
     dm_config cfg;
@@ -256,6 +306,7 @@ static Suite *model_train_suite(void)
     tcase_add_test(tc, loss_falls_dense);
     tcase_add_test(tc, count_moves_toward_k);
     tcase_add_test(tc, evaluate_and_logits);
+    tcase_add_test(tc, fixed_noise_reproduces_draw);
     tcase_add_test(tc, nan_router_is_reported);
     tcase_add_test(tc, parameter_table_layout);
     suite_add_tcase(s, tc);
