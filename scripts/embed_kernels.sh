@@ -3,10 +3,10 @@
 # OpenCL plugin needs no file at run time. Usage:
 #   embed_kernels.sh OUTPUT.c SRCDIR kernels/a.cl kernels/b.cl ...
 # The files are embedded in the order given; the plugin builds them as one program.
-# C headers shared with the host code may be listed too: OpenCL C 1.2 keeps
+# C headers shared with the host code may be listed too. OpenCL C 1.2 keeps
 # program-scope data in the constant address space, so a line that starts with
-# `static const double ` becomes `static constant dm_table_t ` (dm_table_t is
-# defined by the kernels: double with fp64, else float).
+# `static const double ` becomes `static constant dm_table_t `. The kernels
+# define dm_table_t as double with fp64, else float.
 set -e
 out=$1
 srcdir=$2

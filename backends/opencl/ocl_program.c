@@ -10,8 +10,8 @@
  * gets a new entry. The file starts with a header holding a magic string,
  * the key, the payload size and a checksum of the payload. An entry that
  * fails any check, or that the driver rejects (binary status, clBuildProgram
- * or clCreateKernel), is rebuilt from source and overwritten; it is never
- * trusted on its name alone.
+ * or clCreateKernel), is rebuilt from source and overwritten. The file name
+ * alone never makes an entry trusted.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "config.h"
