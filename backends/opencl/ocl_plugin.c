@@ -27,6 +27,7 @@ typedef struct ocl_device_entry {
     char platform_name[128];
     char name[128];
     char version[128];
+    char version_short[16];   /* "OpenCL 3.0": the first two words of version */
     char driver[64];
     cl_ulong mem;
     int fp64;
@@ -106,6 +107,9 @@ static int enumerate(ocl_device_list *list, char *err, size_t errlen)
             clGetDeviceInfo(devs[d], CL_DEVICE_GLOBAL_MEM_SIZE, sizeof e->mem, &e->mem, NULL);
             clGetDeviceInfo(devs[d], CL_DEVICE_EXTENSIONS, sizeof ext - 1, ext, NULL);
             e->fp64 = strstr(ext, "cl_khr_fp64") != NULL;
+            int major = 0, minor = 0;
+            sscanf(e->version, "OpenCL %d.%d", &major, &minor);
+            snprintf(e->version_short, sizeof e->version_short, "OpenCL %d.%d", major % 100, minor % 100);
         }
     }
     if (list->count == 0) {
@@ -209,9 +213,10 @@ static void ocl_probe(dm_probe_result *out)
         const ocl_device_entry *e = &list.items[i];
         dm_device_info *d = &out->devices[out->n_devices++];
         snprintf(d->name, sizeof d->name, "%s", e->name);
-        snprintf(d->detail, sizeof d->detail, "%s; %s; %s, driver %s, %llu MiB%s", e->platform_name,
-                 (e->type & CL_DEVICE_TYPE_GPU) ? "GPU" : (e->type & CL_DEVICE_TYPE_CPU) ? "CPU" : "other",
-                 e->version, e->driver, (unsigned long long)(e->mem >> 20), e->fp64 ? ", fp64" : "");
+        snprintf(d->detail, sizeof d->detail, "%s %s, %s, driver %s, %llu MiB%s",
+                 (e->type & CL_DEVICE_TYPE_GPU) ? "GPU" : (e->type & CL_DEVICE_TYPE_CPU) ? "CPU" : "device",
+                 e->version_short, e->platform_name, e->driver, (unsigned long long)(e->mem >> 20),
+                 e->fp64 ? ", fp64" : "");
     }
 
     int chosen = choose(&list, out->reason, sizeof out->reason);
