@@ -37,15 +37,15 @@ typedef struct field {
 
 static const field fields[] = {
     {"vocab", "vocab", NULL, F_INT, OFF(vocab), 0, NULL, "N", "vocabulary size; 256 for byte-level text", 0},
-    {"n-layer", "n_layer", NULL, F_INT, OFF(n_layer), 0, NULL, "N", "transformer blocks (default 4)", 0},
+    {"layers", "n_layer", NULL, F_INT, OFF(n_layer), 0, NULL, "N", "transformer blocks (default 4)", 0},
     {"d-model", "d_model", NULL, F_INT, OFF(d_model), 0, NULL, "N", "residual width (default 256)", 0},
-    {"n-head", "n_head", NULL, F_INT, OFF(n_head), 0, NULL, "N", "attention heads, must divide d-model (default 4)", 0},
+    {"heads", "n_head", NULL, F_INT, OFF(n_head), 0, NULL, "N", "attention heads, must divide d-model (default 4)", 0},
     {"d-ff", "d_ff", NULL, F_INT, OFF(d_ff), 0, NULL, "N", "hidden width of each expert and dense FFN (default 512)", 0},
     {"seq-len", "seq_len", NULL, F_INT, OFF(seq_len), 0, NULL, "T", "tokens per training sequence (default 256)", 0},
     {"router", "router", NULL, F_ENUM, OFF(router), 0, "dirmoe|topk|switch|dense", NULL, "router of the MoE layers (default dirmoe)", 0},
-    {"n-expert", "n_expert", NULL, F_INT, OFF(n_expert), 0, NULL, "E", "experts per MoE layer (default 8)", 0},
+    {"experts", "n_expert", NULL, F_INT, OFF(n_expert), 0, NULL, "E", "experts per MoE layer (default 8)", 0},
     {"k", "k", NULL, F_DOUBLE, OFF(k), 0, NULL, "K", "target active experts per token; fractional allowed for dirmoe, ignored by switch (default 2)", 0},
-    {"k-max", "k_max", NULL, F_INT, OFF(k_max), 0, NULL, "N", "at most N experts per token for dirmoe; 0 = n-expert (default 0)", 0},
+    {"k-max", "k_max", NULL, F_INT, OFF(k_max), 0, NULL, "N", "at most N experts per token for dirmoe; 0 = --experts (default 0)", 0},
     {"moe-every", "moe_every", NULL, F_INT, OFF(moe_every), 0, NULL, "N", "every N-th block has an MoE FFN, the others a dense FFN (default 1)", 0},
     {"aux-loss", "aux_loss", NULL, F_DOUBLE, OFF(aux_loss), 0, NULL, "X", "load-balancing loss coefficient for topk and switch (default 0.01)", 0},
     {"dirmoe-balance", "dirmoe_balance", NULL, F_INT, OFF(dirmoe_balance), 0, NULL, "0|1", "also apply the load-balancing loss to dirmoe (default 0)", 0},
@@ -381,20 +381,20 @@ dm_status dm_config_validate(const dm_config *c)
 {
 #define REQUIRE(cond, ...) do { if (!(cond)) return dm_error(DM_ERR_INVALID, __VA_ARGS__); } while (0)
     REQUIRE(c->vocab == 256, "--vocab %d is invalid: byte-level data needs 256", c->vocab);
-    REQUIRE(c->n_layer >= 1 && c->n_layer <= DM_MAX_LAYERS, "--n-layer %d is out of range: use 1 to %d",
+    REQUIRE(c->n_layer >= 1 && c->n_layer <= DM_MAX_LAYERS, "--layers %d is out of range: use 1 to %d",
             c->n_layer, DM_MAX_LAYERS);
     REQUIRE(c->d_model >= 1 && c->d_model <= 65536, "--d-model %d is out of range: use 1 to 65536", c->d_model);
     REQUIRE(c->n_head >= 1 && c->d_model % c->n_head == 0,
-            "--n-head %d is invalid: it must be at least 1 and divide --d-model %d", c->n_head, c->d_model);
+            "--heads %d is invalid: it must be at least 1 and divide --d-model %d", c->n_head, c->d_model);
     REQUIRE(c->d_ff >= 1 && c->d_ff <= 1048576, "--d-ff %d is out of range: use 1 to 1048576", c->d_ff);
     REQUIRE(c->seq_len >= 1 && c->seq_len <= 65536, "--seq-len %d is out of range: use 1 to 65536", c->seq_len);
 
     REQUIRE(c->router >= DM_ROUTER_DIRMOE && c->router <= DM_ROUTER_DENSE,
             "--router %d is invalid: use dirmoe, topk, switch or dense", (int)c->router);
-    REQUIRE(c->n_expert >= 1 && c->n_expert <= DM_MAX_EXPERTS, "--n-expert %d is out of range: use 1 to %d",
+    REQUIRE(c->n_expert >= 1 && c->n_expert <= DM_MAX_EXPERTS, "--experts %d is out of range: use 1 to %d",
             c->n_expert, DM_MAX_EXPERTS);
     REQUIRE(c->k_max >= 0 && c->k_max <= c->n_expert,
-            "--k-max %d is out of range: use 1 to --n-expert %d, or 0 for n-expert", c->k_max, c->n_expert);
+            "--k-max %d is out of range: use 1 to --experts %d, or 0 for all experts", c->k_max, c->n_expert);
     REQUIRE(c->moe_every >= 1, "--moe-every %d is invalid: use 1 or more", c->moe_every);
     if (c->router == DM_ROUTER_DIRMOE) {
         int kmax = dm_config_k_max(c);
@@ -402,7 +402,7 @@ dm_status dm_config_validate(const dm_config *c)
                 "--k %g is out of range for dirmoe: use 1 <= k <= k-max (%d)", c->k, kmax);
     } else if (c->router == DM_ROUTER_TOPK) {
         REQUIRE(c->k >= 1.0 && c->k <= c->n_expert && c->k == floor(c->k),
-                "--k %g is invalid for topk: use an integer from 1 to --n-expert %d", c->k, c->n_expert);
+                "--k %g is invalid for topk: use an integer from 1 to --experts %d", c->k, c->n_expert);
     }
     REQUIRE(c->aux_loss >= 0.0, "--aux-loss %g is invalid: use 0 or more", c->aux_loss);
     REQUIRE(c->dirmoe_balance == 0 || c->dirmoe_balance == 1, "--dirmoe-balance %d is invalid: use 0 or 1",
@@ -459,7 +459,7 @@ dm_status dm_config_validate(const dm_config *c)
     /* Router noise uses counter word 0 = token * E + expert, which must fit 32 bits. */
     double elements = (double)c->batch * c->seq_len * c->n_expert;
     REQUIRE(elements < 4294967296.0,
-            "--batch %d x --seq-len %d x --n-expert %d = %.0f exceeds the 2^32 router noise elements: "
+            "--batch %d x --seq-len %d x --experts %d = %.0f exceeds the 2^32 router noise elements: "
             "reduce the batch", c->batch, c->seq_len, c->n_expert, elements);
     /* Tensor sizes are passed to ops as int: the widest activation is (B*T, V) and (B*T*E). */
     REQUIRE((double)c->batch * c->seq_len * (c->vocab > 4 * c->d_model ? c->vocab : 4 * c->d_model) <

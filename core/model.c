@@ -121,7 +121,7 @@ static dm_status build_param_table(dm_model *m)
     /* Philox counter word 0 is the flat offset, so the buffer must stay below 2^32 elements. */
     if (m->n_params >= 4294967296.0)
         return dm_error(DM_ERR_INVALID, "model: %zu parameters exceed the 2^32 limit of the "
-                        "initialisation counter: reduce --d-model, --d-ff or --n-expert", m->n_params);
+                        "initialisation counter: reduce --d-model, --d-ff or --experts", m->n_params);
     return DM_OK;
 }
 

@@ -40,7 +40,7 @@ START_TEST(set_parses_options)
     dm_config_defaults(&cfg);
     ck_assert_int_eq(dm_config_set(&cfg, "router", "topk"), DM_OK);
     ck_assert_int_eq(cfg.router, DM_ROUTER_TOPK);
-    ck_assert_int_eq(dm_config_set(&cfg, "n-layer", "6"), DM_OK);
+    ck_assert_int_eq(dm_config_set(&cfg, "layers", "6"), DM_OK);
     ck_assert_int_eq(cfg.n_layer, 6);
     ck_assert_int_eq(dm_config_set(&cfg, "d_model", "128"), DM_OK);
     ck_assert_int_eq(cfg.d_model, 128);
@@ -86,14 +86,14 @@ END_TEST
 START_TEST(validate_names_option)
 {
     static const struct { const char *option, *value; } cases[] = {
-        {"n-head", "3"},        /* does not divide 256 */
+        {"heads", "3"},        /* does not divide 256 */
         {"k", "9"},             /* above k_max = E */
         {"k", "0.5"},           /* below 1 */
         {"explore", "0.6"},
         {"select-init", "1"},
         {"alpha-max", "1e5"},
         {"vocab", "300"},
-        {"n-expert", "300"},
+        {"experts", "300"},
         {"lr", "0"},
         {"tau", "0:1"},
         {"k-max", "9"},

@@ -129,10 +129,6 @@ void dm_train_cli_init(dm_train_cli *cli)
     OPT("save-every", DM_OPT_INT, &c->save_every, "N", "steps between checkpoints (0 = only at the end)", 0,
         INT_LIMIT, NULL);
 
-    /* the library's option names, accepted too so config files can use either */
-    OPT("n-layer", DM_OPT_INT, &c->n_layer, "N", "same as --layers", 1, DM_MAX_LAYERS, NULL);
-    OPT("n-head", DM_OPT_INT, &c->n_head, "N", "same as --heads", 1, 65536, NULL);
-    OPT("n-expert", DM_OPT_INT, &c->n_expert, "N", "same as --experts", 1, DM_MAX_EXPERTS, NULL);
 #undef OPT
     cli->opts[n] = (dm_option){NULL, 0, NULL, NULL, NULL, 0, 0, NULL};
 }
