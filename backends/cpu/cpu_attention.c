@@ -23,6 +23,27 @@
 #define ATT_BQ 64
 #define ATT_BK 64
 
+/* row[j] = e^(row[j] - shift) for j < n (vectorised), then returns the sum in index order. */
+CPU_SIMD_CLONES
+static float exp_shift_row(float *row, int n, float shift)
+{
+    for (int j = 0; j < n; j++)
+        row[j] = cpu_expf(row[j] - shift);
+
+    float sum = 0.0f;
+    for (int j = 0; j < n; j++)
+        sum += row[j];
+    return sum;
+}
+
+/* ds[j] = p[j] (dp[j] - d) in place of dp, for j < n. */
+CPU_SIMD_CLONES
+static void softmax_grad_row(float *dp, const float *p, int n, float d)
+{
+    for (int j = 0; j < n; j++)
+        dp[j] = p[j] * (dp[j] - d);
+}
+
 static dm_status check_attention(cpu_ctx *cx, int b, int t, int c, int nh)
 {
     if (b < 0 || t < 0 || c <= 0 || nh <= 0 || c % nh != 0)
@@ -97,11 +118,7 @@ dm_status cpu_attention_forward(void *ctx, int b, int t, int c, int nh, dm_tenso
                     mx = sr[j] > mx ? sr[j] : mx;
                 float corr = rmax[r] == -INFINITY ? 0.0f : cpu_expf(rmax[r] - mx);
 
-                float sum = 0.0f;
-                for (int j = 0; j < valid; j++) {
-                    sr[j] = cpu_expf(sr[j] - mx);
-                    sum += sr[j];
-                }
+                float sum = exp_shift_row(sr, valid, mx);
                 for (int j = valid; j < nk; j++)
                     sr[j] = 0.0f;
 
@@ -205,9 +222,7 @@ dm_status cpu_attention_backward(void *ctx, int b, int t, int c, int nh, dm_tens
                         valid = nk;
                     if (valid < 0)
                         valid = 0;
-                    float l = lrow[i0 + r];
-                    for (int j = 0; j < valid; j++)
-                        pr[j] = cpu_expf(pr[j] - l);
+                    exp_shift_row(pr, valid, lrow[i0 + r]);
                     for (int j = valid; j < nk; j++)
                         pr[j] = 0.0f;
                 }
@@ -219,13 +234,8 @@ dm_status cpu_attention_backward(void *ctx, int b, int t, int c, int nh, dm_tens
                 /* dP = dO V^T, then dS = P (dP - D) in place. */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, 1.0f, dout_tile, c,
                             v, c3, 0.0f, dp, ATT_BK);
-                for (int r = 0; r < nq; r++) {
-                    float *dpr = dp + (size_t)r * ATT_BK;
-                    const float *pr = p + (size_t)r * ATT_BK;
-                    float dr = dsum[i0 + r];
-                    for (int j = 0; j < nk; j++)
-                        dpr[j] = pr[j] * (dpr[j] - dr);
-                }
+                for (int r = 0; r < nq; r++)
+                    softmax_grad_row(dp + (size_t)r * ATT_BK, p + (size_t)r * ATT_BK, nk, dsum[i0 + r]);
 
                 /* dQ += scale dS K and dK += scale dS^T Q. */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs, nk, scale, dp, ATT_BK,

@@ -12,6 +12,11 @@
 #define GEMM_SERIAL_FMAS (64.0 * 64.0 * 64.0)
 /* Row or column blocks of a split GEMM are multiples of this (the SGEMM micro-tile). */
 #define GEMM_SPLIT_ALIGN 16
+/* Blocks per thread of a split GEMM, handed out dynamically: a thread that loses its
+ * core for a while (a shared machine) then delays the call by one block, not by half of it. */
+#define GEMM_BLOCKS_PER_THREAD 4
+/* Smallest block of a split GEMM, in rows or columns of C. */
+#define GEMM_MIN_BLOCK 64
 /* Elements per partial sum of sum_squares: a fixed size so the result ignores the thread count. */
 #define SUMSQ_CHUNK 8192
 
@@ -28,14 +33,17 @@ void cpu_sgemm_parallel(cpu_ctx *cx, int ta, int tb, int m, int n, int k, float 
         return;
     }
 
-    /* Split the longer side of C into one aligned block per thread. */
+    /* Split the longer side of C into aligned blocks. Each element of C is computed by one
+     * SGEMM call whatever thread runs it, so the dynamic schedule keeps results fixed for a
+     * given thread count (the block size depends on it). */
     int split_rows = m >= n;
     int extent = split_rows ? m : n;
-    int block = (extent + nt - 1) / nt;
+    int block = (extent + nt * GEMM_BLOCKS_PER_THREAD - 1) / (nt * GEMM_BLOCKS_PER_THREAD);
+    block = block < GEMM_MIN_BLOCK ? GEMM_MIN_BLOCK : block;
     block = (block + GEMM_SPLIT_ALIGN - 1) / GEMM_SPLIT_ALIGN * GEMM_SPLIT_ALIGN;
     int nblocks = (extent + block - 1) / block;
 
-#pragma omp parallel for num_threads(nt) schedule(static, 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int ib = 0; ib < nblocks; ib++) {
         int lo = ib * block;
         int len = extent - lo < block ? extent - lo : block;
