@@ -112,6 +112,11 @@ dm_status cpu_attention_forward(void *ctx, int b, int t, int c, int nh, dm_tenso
                 int valid = i0 + r - j0 + 1; /* keys j0 .. i0+r are visible */
                 if (valid > nk)
                     valid = nk;
+                if (valid <= 0) {
+                    /* The whole tile lies after this query (possible when ATT_BQ > ATT_BK). */
+                    memset(sr, 0, (size_t)nk * sizeof *sr);
+                    continue;
+                }
 
                 float mx = rmax[r];
                 for (int j = 0; j < valid; j++)
