@@ -64,9 +64,7 @@ void dm_train_cli_init(dm_train_cli *cli)
     OPT("moe-every", DM_OPT_INT, &c->moe_every, "N",
         "every N-th block has an MoE FFN (blocks N-1, 2N-1, ...), the others a dense FFN", 1, DM_MAX_LAYERS, NULL);
     OPT("aux-loss", DM_OPT_DOUBLE, &c->aux_loss, "X",
-        "coefficient of the Switch load-balancing loss (topk, switch; dirmoe with --dirmoe-balance)", 0, 100, NULL);
-    OPT("dirmoe-balance", DM_OPT_FLAG, &c->dirmoe_balance, NULL,
-        "dirmoe: add the load-balancing loss on pi normalised per token", 0, 0, NULL);
+        "coefficient of the Switch load-balancing loss (topk, switch)", 0, 100, NULL);
     OPT("z-loss", DM_OPT_DOUBLE, &c->z_loss, "X", "coefficient of the router z-loss", 0, 100, NULL);
     OPT("capacity-factor", DM_OPT_DOUBLE, &c->capacity_factor, "X",
         "expert capacity ceil(X N k / E) slots for N tokens; later assignments are dropped (0 = dropless)",
