@@ -10,7 +10,8 @@
 #   ROUNDS   alternating rounds per implementation and router; the median
 #            counts (default 3)
 #   WARMUP, STEPS   untimed and timed training steps per run (default 3, 10)
-#   PYTHON   the Python with torch installed (default python3)
+#   PYTHON   the Python with torch installed (default python3); the script
+#            uses whatever torch that Python imports (it prints the version)
 #   EXTRA    more options for both, e.g. "--batch 8" (names as in dirmoe train)
 #
 # Both run the default model (4 layers, d_model 256, 4 heads, d_ff 512,
@@ -30,8 +31,8 @@ EXTRA=${EXTRA:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 export OMP_NUM_THREADS="$THREADS"
-# The same waiting policy for both: dirmoe sets passive itself when unset.
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+# OMP_WAIT_POLICY is left as the caller set it, so each side runs with its own
+# default: dirmoe sets passive itself when it is unset, PyTorch keeps libgomp's.
 
 if ! "$PYTHON" -c 'import torch' 2>/dev/null; then
     echo "compare.sh: $PYTHON cannot import torch: install it (pip install torch) or set PYTHON" >&2
@@ -53,7 +54,7 @@ print(f"{(lo + hi) / 2:.6f}")')
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-# Prints the tokens_per_s field of a JSON line.
+# Prints field $1 of the JSON object on standard input.
 field() {
     "$PYTHON" -c 'import json, sys; print(json.loads(sys.stdin.readline())["'"$1"'"])'
 }
@@ -62,7 +63,7 @@ median() {
     sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc --all) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "threads $THREADS, $ROUNDS rounds of $WARMUP warm-up + $STEPS timed steps, select_init(dirmoe) = p0 = $P0"
 "$PYTHON" -c 'import torch; print("pytorch", torch.__version__, "from", torch.__file__)'
 

@@ -102,9 +102,9 @@ class MoE(nn.Module):
         if none.any():
             mask[none] = F.one_hot(score[none].argmax(dim=1), e).bool()
 
-        # Dirichlet weights: softmax over the selected experts of log g, g ~ Gamma(alpha)
-        # with the implicit reparameterisation gradient; the straight-through term routes
-        # dL/dm to s through zt.
+        # Dirichlet weights: softmax over the selected experts of log g, g ~ Gamma(alpha),
+        # whose gradient is the implicit reparameterisation gradient. The straight-through
+        # term zt - zt.detach() routes dL/dm to s through zt.
         alpha = (F.softplus(c) + a.alpha_min).clamp(max=a.alpha_max)
         log_g = torch.log(torch._standard_gamma(alpha).clamp_min(1e-30))
         logit_w = (log_g + (zt - zt.detach())).masked_fill(~mask, float("-inf"))

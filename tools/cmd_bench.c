@@ -1,10 +1,9 @@
 /*
  * dirmoe bench: training throughput of one backend. Runs warm-up steps, then
  * timed training steps of the model that `dirmoe train` would build from the
- * same options, and reports tokens/s, the time of each op family, the
- * achieved GFLOP/s from the model's FLOP count, the GFLOP/s of a large SGEMM
- * through the same backend's gemm op, their ratio (MFU) and the peak
- * resident memory.
+ * same options. Reports tokens/s, the time of each op family, the achieved
+ * GFLOP/s from the model's FLOP count, the GFLOP/s of a large SGEMM through
+ * the same backend's gemm op, their ratio (MFU) and the peak resident memory.
  */
 #include "config.h"
 
@@ -302,6 +301,7 @@ int dm_cmd_bench(int argc, char **argv)
                          cli.opts);
         return 0;
     }
+    /* NOTE: dm_train_cli_check prefixes its messages with "dirmoe train:", also here. */
     if (rc != DM_CLI_OK || apply_text_options(&cli) || dm_train_cli_check(&cli))
         return 1;
     const dm_config *cfg = &cli.cfg;

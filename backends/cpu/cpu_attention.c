@@ -1,8 +1,8 @@
 /*
  * cpu backend: causal multi-head attention in tiles, so the (T,T) score
  * matrix never exists at once. The forward pass keeps a running maximum and
- * sum per query row (online softmax) over key blocks and writes out and the
- * log-sum-exp; the backward pass recomputes each score tile from q, k and
+ * sum per query row over the key tiles (online softmax), and writes out and
+ * the log-sum-exp. The backward pass recomputes each score tile from q, k and
  * lse. Tile products are single-threaded SGEMM calls made from inside the
  * OpenMP loop, one (batch, head[, query block]) per iteration.
  *

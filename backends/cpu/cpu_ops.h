@@ -1,9 +1,9 @@
 /*
  * cpu backend: shared definitions of the plugin's files. Buffers are 64-byte
- * aligned host arrays; every parallel loop uses the context's fixed thread
- * count (OMP_NUM_THREADS at init), and every floating-point reduction runs in
- * an order that does not depend on scheduling, so a step gives the same bits
- * on every run with the same thread count. Most reductions (column sums,
+ * aligned host arrays. Every parallel loop uses the context's fixed thread
+ * count (OMP_NUM_THREADS at init). Every floating-point reduction runs in an
+ * order that does not depend on scheduling, so a step gives the same bits on
+ * every run with the same thread count. Most reductions (column sums,
  * scatter-adds, token means) use partitions that do not depend on the thread
  * count at all; GEMM row/column splits do.
  *

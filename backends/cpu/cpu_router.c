@@ -293,7 +293,10 @@ dm_status cpu_dirmoe_route_eval(void *ctx, const dm_dirmoe_params *p, dm_tensor 
             sum_softplus += dm_softplus(sv[e]);
         }
         int keep = (int)floor(sum_pi + exp(-sum_softplus) + 0.5);
-        keep = keep < 1 ? 1 : keep > p->k_max ? p->k_max : keep;
+        if (keep < 1)
+            keep = 1;
+        if (keep > p->k_max)
+            keep = p->k_max;
 
         /* The `keep` largest s (ties to the lower index), weighted by alpha. */
         double asum = 0.0;
@@ -617,7 +620,9 @@ dm_status cpu_topk_route_forward(void *ctx, const dm_topk_params *p, dm_tensor l
                 kept += prob[e];
         }
         for (int e = 0; e < E; e++) {
-            double we = mp[row + e] ? (p->renormalize ? prob[e] / kept : prob[e]) : 0.0;
+            double we = 0.0;
+            if (mp[row + e])
+                we = p->renormalize ? prob[e] / kept : prob[e];
             wp[row + e] = (float)we;
         }
     }
