@@ -186,7 +186,7 @@ static void cpu_probe(dm_probe_result *out)
     out->n_devices = 1;
     read_cpu_model(out->devices[0].name, sizeof out->devices[0].name);
     snprintf(out->devices[0].detail, sizeof out->devices[0].detail,
-             "%d OpenMP threads; OpenBLAS %.80s", omp_get_max_threads(), openblas_get_config());
+             "%d OpenMP threads; %.90s", omp_get_max_threads(), openblas_get_config());
 }
 
 static dm_status cpu_init(void **ctx, char *err, size_t errlen)
