@@ -20,6 +20,35 @@
 #define GELU_SQRT_2_OVER_PI 0.7978845608028654f
 #define GELU_CUBIC 0.044715f
 
+/* acc[j] += x[r * ld + j] over rows r in order, for j < width: one column block's sums. */
+CPU_SIMD_CLONES
+static void column_sums(double *acc, const float *x, size_t ld, int rows, int width)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *row = x + (size_t)r * ld;
+        for (int j = 0; j < width; j++)
+            acc[j] += row[j];
+    }
+}
+
+/* The layer-norm parameter sums of one column block: acc_w[j] += xhat * dout and
+ * acc_b[j] += dout over rows in order, with xhat = (x - mean) * rstd. */
+CPU_SIMD_CLONES
+static void layernorm_param_sums(double *acc_w, double *acc_b, const float *x, const float *dout, size_t ld,
+                                 const float *mean, const float *rstd, int rows, int width)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * ld;
+        const float *gr = dout + (size_t)r * ld;
+        float m = mean[r], s = rstd[r];
+        for (int j = 0; j < width; j++) {
+            float norm = (xr[j] - m) * s;
+            acc_w[j] += norm * gr[j];
+            acc_b[j] += gr[j];
+        }
+    }
+}
+
 dm_status cpu_encoder_forward(void *ctx, int b, int t, int c, dm_tensor out, dm_tensor tokens,
                               dm_tensor wte, dm_tensor wpe)
 {
@@ -162,16 +191,7 @@ dm_status cpu_layernorm_backward(void *ctx, int n, int c, dm_tensor dinp, dm_ten
         int width = c - lo < COL_BLOCK ? c - lo : COL_BLOCK;
         double acc_w[COL_BLOCK] = {0}, acc_b[COL_BLOCK] = {0};
 
-        for (int row = 0; row < n; row++) {
-            const float *x = ip + (size_t)row * c + lo;
-            const float *g = dop + (size_t)row * c + lo;
-            float m = mp[row], s = rp[row];
-            for (int j = 0; j < width; j++) {
-                float norm = (x[j] - m) * s;
-                acc_w[j] += norm * g[j];
-                acc_b[j] += g[j];
-            }
-        }
+        layernorm_param_sums(acc_w, acc_b, ip + lo, dop + lo, (size_t)c, mp, rp, n, width);
         for (int j = 0; j < width; j++) {
             dwp[lo + j] += (float)acc_w[j];
             dbp[lo + j] += (float)acc_b[j];
@@ -286,11 +306,7 @@ dm_status cpu_bias_backward(void *ctx, int m, int n, dm_tensor dbias, dm_tensor 
         int width = n - lo < COL_BLOCK ? n - lo : COL_BLOCK;
         double acc[COL_BLOCK] = {0};
 
-        for (int row = 0; row < m; row++) {
-            const float *g = dop + (size_t)row * n + lo;
-            for (int j = 0; j < width; j++)
-                acc[j] += g[j];
-        }
+        column_sums(acc, dop + lo, (size_t)n, m, width);
         for (int j = 0; j < width; j++)
             dbp[lo + j] += (float)acc[j];
     }

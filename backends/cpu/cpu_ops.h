@@ -31,6 +31,8 @@ typedef struct cpu_thread_scratch {
     size_t n;
 } cpu_thread_scratch;
 
+/* NOTE: a context serves one calling thread at a time: its scratch is shared by all ops,
+ * and per-thread scratch is indexed by the OpenMP thread number. */
 typedef struct cpu_ctx {
     int nthreads;
     char error[512];
