@@ -212,7 +212,10 @@ static void print_text(const dm_backend *be, const dm_probe_result *probe, const
            cfg->batch * cfg->seq_len);
     printf("throughput:      %.0f tokens/s (%.1f ms per step), last loss %.4f\n", r->tokens_per_s,
            1e3 * r->step_seconds, r->last_loss);
-    printf("active experts:  %.3f per token (realised, mean over MoE layers)\n", r->active_mean);
+    if (dm_config_n_moe_layers(cfg) > 0)
+        printf("active experts:  %.3f per token (realised, mean over MoE layers)\n", r->active_mean);
+    else
+        printf("active experts:  none (dense FFNs)\n");
     printf("model FLOPs:     %.4g per token (6 x active params + full T x T attention)\n", r->flops_per_token);
     printf("achieved:        %.1f GFLOP/s\n", r->achieved_gflops);
     printf("SGEMM %dx%dx%d: %.1f GFLOP/s (best of %d)\n", b->gemm_size, b->gemm_size, b->gemm_size,
