@@ -121,6 +121,47 @@ static void expect_equal_ints(dm_tensor t, const int32_t *want, size_t n, const 
 static const int odd_sizes[] = {1, 3, 17, 127};
 #define N_ODD 4
 
+/* --- memory ops ------------------------------------------------------------ */
+
+START_TEST(memory_ops_roundtrip)
+{
+    for (int si = 0; si < N_ODD; si++) {
+        size_t n = (size_t)odd_sizes[si] * 700; /* up to 88900: the fill's parallel path too */
+        uint32_t *host = malloc(n * sizeof *host), *got = malloc(n * sizeof *got);
+        for (size_t i = 0; i < n; i++)
+            host[i] = (uint32_t)(i * 2654435761u);
+        dm_tensor t = device(NULL, 2 * n + 3);
+
+        /* Upload to the second half, copy it to the first (offset views of one buffer). */
+        dm_tensor upper = {t.buf, n + 3};
+        check_ok(be->ops->upload(be->ctx, upper, host, n), "upload");
+        check_ok(be->ops->copy(be->ctx, t, upper, n), "copy");
+        check_ok(be->ops->synchronize(be->ctx), "synchronize");
+        download(got, t, n);
+        ck_assert_msg(memcmp(got, host, n * sizeof *got) == 0, "copy of %zu elements differs", n);
+
+        /* Fill with a float's bits and with zero; the element after the range is untouched. */
+        float one = 1.0f;
+        uint32_t one_bits;
+        memcpy(&one_bits, &one, sizeof one_bits);
+        uint32_t sentinel = 0xdeadbeefu;
+        check_ok(be->ops->upload(be->ctx, (dm_tensor){t.buf, n}, &sentinel, 1), "upload sentinel");
+        check_ok(be->ops->fill(be->ctx, t, one_bits, n), "fill");
+        download(got, t, n + 1);
+        for (size_t i = 0; i < n; i++)
+            ck_assert_msg(got[i] == one_bits, "fill: element %zu is %08x", i, got[i]);
+        ck_assert_msg(got[n] == sentinel, "fill wrote past its %zu elements", n);
+        check_ok(be->ops->fill(be->ctx, upper, 0, n), "fill zero");
+        download(got, upper, n);
+        for (size_t i = 0; i < n; i++)
+            ck_assert_msg(got[i] == 0, "fill 0: element %zu is %08x", i, got[i]);
+        free(host), free(got);
+        teardown();
+        setup();
+    }
+}
+END_TEST
+
 /* --- linear algebra ------------------------------------------------------- */
 
 START_TEST(gemm_matches_reference)
@@ -693,6 +734,7 @@ static Suite *cpu_suite(void)
 
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, memory_ops_roundtrip);
     tcase_add_test(tc, gemm_matches_reference);
     tcase_add_test(tc, vector_ops_match_reference);
     tcase_add_test(tc, encoder_matches_reference);
