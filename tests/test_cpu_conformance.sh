@@ -1,6 +1,6 @@
 #!/bin/sh
 # The cpu backend against the reference: every op of `dirmoe conformance` and its
-# whole-model check under 1 and 2 OpenMP threads; then repeatability: a repeated
+# whole-model check, under 1 and 2 OpenMP threads. Then repeatability: a repeated
 # bench run and a stopped-and-resumed training run give the same bits.
 set -u
 dirmoe="$DIRMOE_TOP_BUILDDIR/tools/dirmoe"

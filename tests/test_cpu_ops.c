@@ -501,7 +501,7 @@ START_TEST(philox_and_gamma_match_reference)
     float *got = malloc(n * sizeof(float));
     download(got, dlog_g, n);
     for (size_t i = 0; i < n; i++)
-        ck_assert_msg(memcmp(&got[i], &log_g[i], sizeof(float)) == 0, "gamma_sample element %zu: %g vs %g",
+        ck_assert_msg(memcmp(&got[i], &log_g[i], sizeof(float)) == 0, "gamma_sample element %zu: %g, reference %g",
                       i, got[i], log_g[i]);
     download(&fb_cpu, dfb, 1);
     ck_assert_uint_eq(fb_cpu, fb_ref);
