@@ -27,8 +27,8 @@
 static dm_status small_config(dm_config *cfg)
 {
     static const char *const settings[][2] = {
-        {"n_layer", "2"}, {"d_model", "32"}, {"n_head", "2"}, {"d_ff", "64"}, {"seq_len", "16"},
-        {"batch", "2"}, {"n_expert", "4"}, {"k", "2"}, {"router", "dirmoe"}, {"steps", "20"},
+        {"layers", "2"}, {"d_model", "32"}, {"heads", "2"}, {"d_ff", "64"}, {"seq_len", "16"},
+        {"batch", "2"}, {"experts", "4"}, {"k", "2"}, {"router", "dirmoe"}, {"steps", "20"},
         {"warmup", "2"}, {"explore", "0.1"},
     };
     dm_status st;
