@@ -86,12 +86,21 @@ for router in topk dirmoe; do
     done
 done
 
-printf '\n%-8s %14s %14s %8s\n' router "cpu tok/s" "torch tok/s" ratio
+# Ratios with awk, so the script needs no bc. The targets: cpu at least 2x PyTorch,
+# DirMoE's step at most 1.15x top-k's.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+verdict() { awk -v x="$1" -v goal="$2" -v dir="$3" 'BEGIN {
+    ok = (dir == "min") ? x >= goal : x <= goal
+    if (ok) print "met"; else printf "missed by %.0f%%\n", 100 * (dir == "min" ? (goal - x) / goal : (x - goal) / goal) }'; }
+
+printf '\n%-8s %14s %14s %8s  %s\n' router "cpu tok/s" "torch tok/s" ratio "target >= 2x"
 for router in topk dirmoe; do
     c=$(median < "$TMP/cpu.$router")
     t=$(median < "$TMP/torch.$router")
-    printf '%-8s %14.0f %14.0f %7.2fx\n' "$router" "$c" "$t" "$(echo "$c / $t" | bc -l)"
+    r=$(ratio "$c" "$t")
+    printf '%-8s %14.0f %14.0f %7.2fx  %s\n' "$router" "$c" "$t" "$r" "$(verdict "$r" 2 min)"
 done
 c_topk=$(median < "$TMP/cpu.topk")
 c_dir=$(median < "$TMP/cpu.dirmoe")
-printf '\ncpu backend: DirMoE step time / top-k step time = %.3f\n' "$(echo "$c_topk / $c_dir" | bc -l)"
+r=$(ratio "$c_topk" "$c_dir")
+printf '\ncpu backend: DirMoE step time / top-k step time = %s (target <= 1.15: %s)\n' "$r" "$(verdict "$r" 1.15 max)"
