@@ -28,6 +28,14 @@ test "$(grep -c '"type":"train"' "$tmp/whole.rows")" -eq 20 || fail "expected 20
 grep -q '"type":"resume","step":10' "$tmp/split/metrics.jsonl" || fail "no resume row at step 10"
 diff "$tmp/whole.rows" "$tmp/split.rows" >"$tmp/rows.diff" || fail "metrics differ after resuming: $(head -c 2000 "$tmp/rows.diff")"
 
+# A resume without --data, from another directory, continues on the run's own data.
+"$dirmoe" train $opts --stop-after 10 --out "$tmp/split2" >/dev/null || fail "the second stopped run failed"
+(cd / && "$dirmoe" train --resume --out "$tmp/split2" --backend reference --progress never >/dev/null) ||
+    fail "the resume without --data failed"
+rows "$tmp/split2/metrics.jsonl" >"$tmp/split2.rows"
+diff "$tmp/whole.rows" "$tmp/split2.rows" >"$tmp/rows2.diff" ||
+    fail "a resume without --data differs: $(head -c 2000 "$tmp/rows2.diff")"
+
 # The final checkpoints hold the same tensors, bit for bit.
 if ! cmp -s "$tmp/whole/checkpoint.safetensors" "$tmp/split/checkpoint.safetensors"; then
     if command -v python3 >/dev/null 2>&1; then

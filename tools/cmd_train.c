@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -54,6 +55,7 @@ typedef struct interval_sums {
 typedef struct train_run {
     dm_train_cli cli;
     char data_path[1024];
+    char val_path[1024];                  /* --val of the run being resumed, when not given again */
     char checkpoint_path[1200];
     char metrics_path[1200];
     dm_data data;
@@ -153,11 +155,48 @@ static int parse_options(train_run *run, int argc, char **argv, int *help)
 
 /* ---- data and output directory ----------------------------------------- */
 
+/*
+ * With --resume and no --data, reads the data and validation paths from the
+ * configuration row of OUT/metrics.jsonl, so the run continues on its own
+ * corpus. Returns 1 when it found them.
+ */
+static int resumed_data_paths(train_run *run)
+{
+    FILE *f = fopen(run->metrics_path, "r");
+    char line[65536];
+    int found = 0;
+
+    if (!f)
+        return 0;
+    if (fgets(line, sizeof line, f)) {
+        cJSON *row = cJSON_Parse(line);
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(row, "type");
+        const cJSON *data = cJSON_GetObjectItemCaseSensitive(row, "data");
+        const cJSON *val = cJSON_GetObjectItemCaseSensitive(row, "val");
+        if (cJSON_IsString(type) && strcmp(type->valuestring, "config") == 0 && cJSON_IsString(data)) {
+            snprintf(run->data_path, sizeof run->data_path, "%s", data->valuestring);
+            /* A val path equal to the data path means the run split its data: no --val. */
+            if (cJSON_IsString(val) && !run->cli.val && strcmp(val->valuestring, data->valuestring) != 0) {
+                snprintf(run->val_path, sizeof run->val_path, "%s", val->valuestring);
+                run->cli.val = run->val_path;
+            }
+            found = 1;
+        }
+        cJSON_Delete(row);
+    }
+    fclose(f);
+    return found;
+}
+
 static int load_data(train_run *run)
 {
     dm_train_cli *cli = &run->cli;
 
-    if (cli->data) {
+    if (!cli->data && cli->resume && resumed_data_paths(run)) {
+        if (access(run->data_path, R_OK) != 0)
+            return dm_cli_fail(CMD, "the run's data file '%s' (recorded in %s) cannot be read: %s; pass --data FILE",
+                               run->data_path, run->metrics_path, strerror(errno));
+    } else if (cli->data) {
         snprintf(run->data_path, sizeof run->data_path, "%s", cli->data);
     } else {
         if (dm_default_corpus_path(run->data_path, sizeof run->data_path))
@@ -166,6 +205,17 @@ static int load_data(train_run *run)
             return dm_cli_fail(CMD, "no --data given and the default corpus '%s' is missing: get it with "
                                     "'apt-get install bible-kjv && scripts/get_kjv.sh', or pass --data FILE",
                                run->data_path);
+    }
+
+    /* Absolute paths in the metrics, so --resume finds the data from any directory. */
+    char resolved[PATH_MAX];
+    if (realpath(run->data_path, resolved) && strlen(resolved) < sizeof run->data_path)
+        snprintf(run->data_path, sizeof run->data_path, "%s", resolved);
+
+    if (cli->val && cli->val != run->val_path && realpath(cli->val, resolved) &&
+        strlen(resolved) < sizeof run->val_path) {
+        snprintf(run->val_path, sizeof run->val_path, "%s", resolved);
+        cli->val = run->val_path;
     }
 
     double fraction = cli->val ? 0.0 : cli->cfg.val_fraction;
@@ -640,13 +690,19 @@ static void release(train_run *run)
     free(run);
 }
 
-/* Opens the backend, builds the model and restores the checkpoint on --resume. */
+/* Opens the backend first, so a bad --backend leaves no output directory behind. */
+static int open_backend(train_run *run)
+{
+    if (dm_backend_open(run->cli.backend, &run->be) != DM_OK)
+        return dm_cli_fail(CMD, "%s", dm_last_error());
+    return 0;
+}
+
+/* Builds the model and restores the checkpoint on --resume. */
 static int start_model(train_run *run)
 {
     const dm_config *cfg = &run->cli.cfg;
 
-    if (dm_backend_open(run->cli.backend, &run->be) != DM_OK)
-        return dm_cli_fail(CMD, "%s", dm_last_error());
     if (dm_model_create(run->be, cfg, &run->model) != DM_OK)
         return dm_cli_fail(CMD, "%s", dm_last_error());
 
@@ -693,7 +749,7 @@ int dm_cmd_train(int argc, char **argv)
     }
 
     rc = parse_options(run, argc, argv, &help);
-    if (rc || help || load_data(run) || prepare_output(run) || start_model(run)) {
+    if (rc || help || open_backend(run) || load_data(run) || prepare_output(run) || start_model(run)) {
         release(run);
         return help && !rc ? 0 : 1;
     }
