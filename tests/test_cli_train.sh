@@ -71,6 +71,12 @@ want=$(echo "$eval" | sed 's/.*"loss":\([^,]*\),.*/\1/')
 got=$(echo "$json" | sed 's/.*"loss":\([^,]*\),.*/\1/')
 test "$want" = "$got" || fail "eval loss $got differs from the training run's validation loss $want"
 
+# Without --data, eval uses the run's own held-out data, found through metrics.jsonl.
+json=$(DIRMOE_DATA_DIR=/nonexistent "$dirmoe" eval --checkpoint "$tmp/run/checkpoint.safetensors" --json \
+    --backend reference) || fail "eval without --data exited non-zero"
+got=$(echo "$json" | sed 's/.*"loss":\([^,]*\),.*/\1/')
+test "$want" = "$got" || fail "eval without --data gave loss $got, the run's validation loss is $want"
+
 # --- sample ---------------------------------------------------------------------
 ck=$tmp/run/checkpoint.safetensors
 a=$("$dirmoe" sample --checkpoint "$ck" --prompt "In the" --tokens 20 --seed 7 --backend reference) ||

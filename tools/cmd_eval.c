@@ -25,12 +25,60 @@ typedef struct eval_options {
     int json;
 } eval_options;
 
-/* Loads the data to evaluate on: all of --data (or its held-out end), else the held-out end of the default corpus. */
+/*
+ * Reads the training data and validation paths that the run recorded in the
+ * first row of metrics.jsonl next to the checkpoint. Returns 1 when found;
+ * *val is "" when the run held out the end of its data instead.
+ */
+static int run_data_paths(const char *checkpoint, char *data, char *val, size_t size)
+{
+    char metrics[1200], line[65536];
+    const char *slash = strrchr(checkpoint, '/');
+    int found = 0;
+
+    if (slash)
+        snprintf(metrics, sizeof metrics, "%.*s/metrics.jsonl", (int)(slash - checkpoint), checkpoint);
+    else
+        snprintf(metrics, sizeof metrics, "metrics.jsonl");
+    FILE *f = fopen(metrics, "r");
+    if (!f)
+        return 0;
+    if (fgets(line, sizeof line, f)) {
+        cJSON *row = cJSON_Parse(line);
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(row, "type");
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(row, "data");
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(row, "val");
+        if (cJSON_IsString(type) && strcmp(type->valuestring, "config") == 0 && cJSON_IsString(d) &&
+            access(d->valuestring, R_OK) == 0) {
+            snprintf(data, size, "%s", d->valuestring);
+            val[0] = '\0';
+            if (cJSON_IsString(v) && strcmp(v->valuestring, d->valuestring) != 0)
+                snprintf(val, size, "%s", v->valuestring);
+            found = 1;
+        }
+        cJSON_Delete(row);
+    }
+    fclose(f);
+    return found;
+}
+
+/*
+ * Loads the data to evaluate on: all of --data (or its held-out end); without
+ * --data the validation data of the run that wrote the checkpoint, else the
+ * held-out end of the default corpus.
+ */
 static int load_eval_data(const eval_options *o, const dm_config *cfg, dm_data *data, const dm_dataset **ds)
 {
-    char path[1024];
+    char path[1024] = "", val[1024];
 
-    if (o->data && !o->held_out) {
+    if (!o->data && run_data_paths(o->checkpoint, path, val, sizeof path)) {
+        if (val[0]) {
+            if (dm_data_load(val, NULL, 0.0, cfg->seq_len, data) != DM_OK)
+                return dm_cli_fail(CMD, "%s", dm_last_error());
+            *ds = &data->train;
+            return 0;
+        }
+    } else if (o->data && !o->held_out) {
         if (dm_data_load(o->data, NULL, 0.0, cfg->seq_len, data) != DM_OK)
             return dm_cli_fail(CMD, "%s", dm_last_error());
         *ds = &data->train;
@@ -38,7 +86,7 @@ static int load_eval_data(const eval_options *o, const dm_config *cfg, dm_data *
     }
     if (o->data) {
         snprintf(path, sizeof path, "%s", o->data);
-    } else {
+    } else if (path[0] == '\0' || access(path, R_OK) != 0) {
         if (dm_default_corpus_path(path, sizeof path))
             return dm_cli_fail(CMD, "no --data given and neither DIRMOE_DATA_DIR nor HOME is set: pass --data FILE");
         if (access(path, F_OK) != 0)
@@ -101,8 +149,9 @@ static int run_eval(const eval_options *o)
         if (rc)
             dm_cli_fail(CMD, "cannot write to standard output");
     } else {
-        printf("checkpoint %s: step %lld, router %s, backend %s\ndata %s: %zu bytes\n", o->checkpoint,
-               (long long)state.step, dm_router_name(cfg.router), be->name, ds->path, ds->n);
+        const char *part = ds == &data.val ? " (its held-out end)" : "";
+        printf("checkpoint %s: step %lld, router %s, backend %s\ndata %s%s: %zu bytes evaluated from\n",
+               o->checkpoint, (long long)state.step, dm_router_name(cfg.router), be->name, ds->path, part, ds->n);
         dm_eval_print(stdout, &res);
         rc = 0;
     }
@@ -123,7 +172,7 @@ int dm_cmd_eval(int argc, char **argv)
         {"checkpoint", DM_OPT_STRING, &o.checkpoint, "FILE", "checkpoint written by dirmoe train (required)", 0, 0,
          NULL},
         {"data", DM_OPT_STRING, &o.data, "FILE",
-         "text to evaluate on, whole (default: the held-out end of the default corpus, as in training)", 0, 0,
+         "text to evaluate on, whole (default: the run's validation data, read from metrics.jsonl next to the checkpoint, else the held-out end of the default corpus)", 0, 0,
          NULL},
         {"held-out", DM_OPT_FLAG, &o.held_out, NULL,
          "evaluate only the last --val-fraction of --data, the part training held out", 0, 0, NULL},
