@@ -102,7 +102,7 @@ static int apply(const char *cmd, const dm_option *o, const char *value, const c
     }
     case DM_OPT_STRING:
         if (*value == '\0')
-            return dm_cli_fail(cmd, "empty value for --%s%s", o->name, source);
+            return dm_cli_fail(cmd, "empty value for --%s%s: give a non-empty value", o->name, source);
         *(const char **)o->target = value;
         return 0;
     case DM_OPT_CHOICE:

@@ -118,7 +118,7 @@ static int run_eval(const eval_options *o)
 
     memset(&data, 0, sizeof data);
     if (dm_checkpoint_read_config(o->checkpoint, &cfg) != DM_OK)
-        return dm_cli_fail(CMD, "cannot read checkpoint '%s': %s", o->checkpoint, dm_last_error());
+        return dm_cli_fail(CMD, "cannot read the checkpoint: %s", dm_last_error());
     if (load_eval_data(o, &cfg, &data, &ds))
         goto done;
 
@@ -131,7 +131,7 @@ static int run_eval(const eval_options *o)
         goto done;
     }
     if (dm_checkpoint_load(o->checkpoint, model, &state) != DM_OK) {
-        dm_cli_fail(CMD, "cannot load checkpoint '%s': %s", o->checkpoint, dm_last_error());
+        dm_cli_fail(CMD, "cannot load the checkpoint: %s", dm_last_error());
         goto done;
     }
 

@@ -97,7 +97,7 @@ static int run_sample(const sample_options *o)
     int rc = 1;
 
     if (dm_checkpoint_read_config(o->checkpoint, &cfg) != DM_OK)
-        return dm_cli_fail(CMD, "cannot read checkpoint '%s': %s", o->checkpoint, dm_last_error());
+        return dm_cli_fail(CMD, "cannot read the checkpoint: %s", dm_last_error());
 
     const size_t prompt_len = strlen(o->prompt);
     const size_t total = prompt_len + (size_t)o->tokens;
@@ -115,7 +115,7 @@ static int run_sample(const sample_options *o)
         goto done;
     }
     if (dm_checkpoint_load(o->checkpoint, model, &state) != DM_OK) {
-        dm_cli_fail(CMD, "cannot load checkpoint '%s': %s", o->checkpoint, dm_last_error());
+        dm_cli_fail(CMD, "cannot load the checkpoint: %s", dm_last_error());
         goto done;
     }
 

@@ -756,7 +756,9 @@ int dm_cmd_train(int argc, char **argv)
 
     const dm_config *cfg = &run->cli.cfg;
     if (run->state.step >= cfg->steps) {
-        printf("the run in '%s' has already completed its %d steps\n", run->cli.out, cfg->steps);
+        printf("the run in '%s' has already completed its %d steps; the schedules span --steps, so to train longer "
+               "start a new run in another --out\n",
+               run->cli.out, cfg->steps);
         release(run);
         return 0;
     }

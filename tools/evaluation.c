@@ -98,8 +98,9 @@ cJSON *dm_eval_to_json(const dm_eval_result *res, int64_t step)
 
 void dm_eval_print(FILE *out, const dm_eval_result *res)
 {
-    fprintf(out, "loss %.4f nats/byte  perplexity %.3f  bits/byte %.4f  (%lld tokens in %d batches)\n", res->loss,
-            dm_perplexity(res->loss), dm_bits_per_byte(res->loss), (long long)res->tokens, res->batches);
+    fprintf(out, "loss %.4f nats/byte  perplexity %.3f  bits/byte %.4f  (%lld tokens in %d batch%s)\n", res->loss,
+            dm_perplexity(res->loss), dm_bits_per_byte(res->loss), (long long)res->tokens, res->batches,
+            res->batches == 1 ? "" : "es");
     for (int i = 0; i < res->n_moe; i++) {
         const dm_eval_layer *l = &res->layers[i];
         const dm_routing_metrics *m = &l->routing;

@@ -107,7 +107,7 @@ void dm_train_cli_init(dm_train_cli *cli)
     OPT("batch", DM_OPT_INT, &c->batch, "N", "sequences per step", 1, 1 << 20, NULL);
     OPT("steps", DM_OPT_INT, &c->steps, "N",
         "optimiser steps of the whole run; the learning-rate and router schedules span them", 1, INT_LIMIT, NULL);
-    OPT("lr", DM_OPT_DOUBLE, &c->lr, "X", "peak learning rate", 1e-12, 9.999, NULL);
+    OPT("lr", DM_OPT_DOUBLE, &c->lr, "X", "peak learning rate", 1e-12, 10, NULL);
     OPT("lr-min-frac", DM_OPT_DOUBLE, &c->lr_min_frac, "X", "the cosine decay ends at X times --lr", 0, 1, NULL);
     OPT("warmup", DM_OPT_INT, &c->warmup, "N", "linear learning-rate warm-up, in steps (may exceed --steps)", 0, INT_LIMIT, NULL);
     OPT("weight-decay", DM_OPT_DOUBLE, &c->weight_decay, "X",
