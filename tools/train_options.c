@@ -100,7 +100,8 @@ void dm_train_cli_init(dm_train_cli *cli)
     OPT("alpha-max", DM_OPT_DOUBLE, &c->alpha_max, "X", "dirmoe: upper clamp of the concentrations alpha", 1, 1e4,
         NULL);
     OPT("select-init", DM_OPT_DOUBLE, &c->select_init, "P",
-        "dirmoe: initial selection probability pi of every expert (0.5 explores; k/E starts at the target)",
+        "dirmoe: initial selection probability pi of every expert (0.5 explores; the prior rate p0, "
+        "0.2354 for --k 2 of 8 experts, starts at the target count)",
         1e-6, 1 - 1e-6, NULL);
 
     /* training */
