@@ -2,7 +2,7 @@
  * dirmoe plugin ABI: the descriptor a backend module exports and the op table
  * the core calls. This header is the single statement of every op's contract.
  *
- * Conventions that hold for every op unless its comment says otherwise:
+ * Conventions that apply to every op unless its comment states otherwise:
  *  - All tensors are row-major and dense. Shapes are written (rows, cols) or
  *    (B,T,C) with the last index fastest. N is the number of tokens (B*T),
  *    C = d_model, E = experts, V = vocabulary, NH = heads, F = d_ff.
@@ -181,7 +181,7 @@ typedef struct dm_backend_ops {
     dm_status (*layernorm_backward)(void *ctx, int n, int c, dm_tensor dinp, dm_tensor dweight,
                                     dm_tensor dbias, dm_tensor dout, dm_tensor inp,
                                     dm_tensor weight, dm_tensor mean, dm_tensor rstd);
-    /* Causal multi-head self-attention. qkv (B,T,3C) holds [q | k | v], head h uses
+    /* Causal multi-head self-attention. qkv (B,T,3C) contains [q | k | v], head h uses
      * columns h*C/NH .. (h+1)*C/NH - 1 of each part. Writes out (B,T,C) and the
      * softmax log-sum-exp lse (B,NH,T) of the scaled scores (scale 1/sqrt(C/NH)).
      * The (T,T) score matrix is not an output, so a backend may tile it. */
@@ -310,7 +310,7 @@ typedef struct dm_device_info {
 
 #define DM_MAX_DEVICES 16
 
-/* Result of a probe. score < 0: unusable (reason says why). Higher is preferred by auto. */
+/* Result of a probe. score < 0: unusable (reason explains why). Higher is preferred by auto. */
 typedef struct dm_probe_result {
     int score;
     int n_devices;
