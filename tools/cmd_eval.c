@@ -25,41 +25,17 @@ typedef struct eval_options {
     int json;
 } eval_options;
 
-/*
- * Reads the training data and validation paths that the run recorded in the
- * first row of metrics.jsonl next to the checkpoint. Returns 1 when found;
- * *val is "" when the run held out the end of its data instead.
- */
-static int run_data_paths(const char *checkpoint, char *data, char *val, size_t size)
+/* Reads the data paths of the run whose metrics.jsonl sits beside the checkpoint; 1 when readable. */
+static int run_metrics_data(const char *checkpoint, char *data, char *val, size_t size)
 {
-    char metrics[1200], line[65536];
+    char metrics[1200];
     const char *slash = strrchr(checkpoint, '/');
-    int found = 0;
 
     if (slash)
         snprintf(metrics, sizeof metrics, "%.*s/metrics.jsonl", (int)(slash - checkpoint), checkpoint);
     else
         snprintf(metrics, sizeof metrics, "metrics.jsonl");
-    FILE *f = fopen(metrics, "r");
-    if (!f)
-        return 0;
-    if (fgets(line, sizeof line, f)) {
-        cJSON *row = cJSON_Parse(line);
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(row, "type");
-        const cJSON *d = cJSON_GetObjectItemCaseSensitive(row, "data");
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(row, "val");
-        if (cJSON_IsString(type) && strcmp(type->valuestring, "config") == 0 && cJSON_IsString(d) &&
-            access(d->valuestring, R_OK) == 0) {
-            snprintf(data, size, "%s", d->valuestring);
-            val[0] = '\0';
-            if (cJSON_IsString(v) && strcmp(v->valuestring, d->valuestring) != 0)
-                snprintf(val, size, "%s", v->valuestring);
-            found = 1;
-        }
-        cJSON_Delete(row);
-    }
-    fclose(f);
-    return found;
+    return dm_run_data_paths(metrics, data, val, size) && access(data, R_OK) == 0;
 }
 
 /*
@@ -71,7 +47,7 @@ static int load_eval_data(const eval_options *o, const dm_config *cfg, dm_data *
 {
     char path[1024] = "", val[1024];
 
-    if (!o->data && run_data_paths(o->checkpoint, path, val, sizeof path)) {
+    if (!o->data && run_metrics_data(o->checkpoint, path, val, sizeof path)) {
         if (val[0]) {
             if (dm_data_load(val, NULL, 0.0, cfg->seq_len, data) != DM_OK)
                 return dm_cli_fail(CMD, "%s", dm_last_error());

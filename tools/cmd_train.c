@@ -155,44 +155,18 @@ static int parse_options(train_run *run, int argc, char **argv, int *help)
 
 /* ---- data and output directory ----------------------------------------- */
 
-/*
- * With --resume and no --data, reads the data and validation paths from the
- * configuration row of OUT/metrics.jsonl, so the run continues on its own
- * corpus. Returns 1 when it found them.
- */
-static int resumed_data_paths(train_run *run)
-{
-    FILE *f = fopen(run->metrics_path, "r");
-    char line[65536];
-    int found = 0;
-
-    if (!f)
-        return 0;
-    if (fgets(line, sizeof line, f)) {
-        cJSON *row = cJSON_Parse(line);
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(row, "type");
-        const cJSON *data = cJSON_GetObjectItemCaseSensitive(row, "data");
-        const cJSON *val = cJSON_GetObjectItemCaseSensitive(row, "val");
-        if (cJSON_IsString(type) && strcmp(type->valuestring, "config") == 0 && cJSON_IsString(data)) {
-            snprintf(run->data_path, sizeof run->data_path, "%s", data->valuestring);
-            /* A val path equal to the data path means the run split its data: no --val. */
-            if (cJSON_IsString(val) && !run->cli.val && strcmp(val->valuestring, data->valuestring) != 0) {
-                snprintf(run->val_path, sizeof run->val_path, "%s", val->valuestring);
-                run->cli.val = run->val_path;
-            }
-            found = 1;
-        }
-        cJSON_Delete(row);
-    }
-    fclose(f);
-    return found;
-}
-
 static int load_data(train_run *run)
 {
     dm_train_cli *cli = &run->cli;
 
-    if (!cli->data && cli->resume && resumed_data_paths(run)) {
+    /* With --resume and no --data, the run continues on the files it recorded. */
+    char recorded_val[sizeof run->val_path];
+    if (!cli->data && cli->resume &&
+        dm_run_data_paths(run->metrics_path, run->data_path, recorded_val, sizeof run->data_path)) {
+        if (recorded_val[0] && !cli->val) {
+            snprintf(run->val_path, sizeof run->val_path, "%s", recorded_val);
+            cli->val = run->val_path;
+        }
         if (access(run->data_path, R_OK) != 0)
             return dm_cli_fail(CMD, "the run's data file '%s' (recorded in %s) cannot be read: %s; pass --data FILE",
                                run->data_path, run->metrics_path, strerror(errno));

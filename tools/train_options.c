@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cJSON.h>
+
 #include "dirmoe/model.h"
 #include "train_options.h"
 
@@ -294,4 +296,31 @@ int dm_default_corpus_path(char *buf, size_t len)
     else
         return 1;
     return 0;
+}
+
+int dm_run_data_paths(const char *metrics_path, char *data, char *val, size_t size)
+{
+    FILE *f = fopen(metrics_path, "r");
+    char line[65536];
+    int found = 0;
+
+    if (!f)
+        return 0;
+    if (fgets(line, sizeof line, f)) {
+        cJSON *row = cJSON_Parse(line);
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(row, "type");
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(row, "data");
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(row, "val");
+        if (cJSON_IsString(type) && strcmp(type->valuestring, "config") == 0 && cJSON_IsString(d)) {
+            snprintf(data, size, "%s", d->valuestring);
+            val[0] = '\0';
+            /* A val path equal to the data path means the run split its data. */
+            if (cJSON_IsString(v) && strcmp(v->valuestring, d->valuestring) != 0)
+                snprintf(val, size, "%s", v->valuestring);
+            found = 1;
+        }
+        cJSON_Delete(row);
+    }
+    fclose(f);
+    return found;
 }

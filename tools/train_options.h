@@ -68,4 +68,12 @@ void dm_options_usage(FILE *out, const char *cmd, const char *args, const char *
  */
 int dm_default_corpus_path(char *buf, size_t len);
 
+/*
+ * Reads the training data and validation paths that a run recorded in the
+ * configuration row (the first line) of its metrics.jsonl. Returns 1 when
+ * found, else 0. *val is "" when the run held out the end of its data instead
+ * of reading a separate file.
+ */
+int dm_run_data_paths(const char *metrics_path, char *data, char *val, size_t size);
+
 #endif
