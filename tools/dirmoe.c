@@ -51,7 +51,7 @@ int main(int argc, char **argv)
     /* OpenMP threads (cpu backend) sleep while they wait instead of spinning, unless the
      * user set a policy. libgomp reads the variable when a plugin first loads it. Spinning
      * threads made training steps 1.5 to 2.4 times slower on a shared 2-core machine, where a
-     * spinning thread holds the core its partner needs (docs/BENCHMARKS.md). */
+     * spinning thread occupies the core its partner needs (docs/BENCHMARKS.md). */
     setenv("OMP_WAIT_POLICY", "passive", 0);
 
     for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++)

@@ -1,7 +1,7 @@
 /*
  * OpenCL backend: internal declarations shared by the host files of the
  * plugin. One context owns one device, one in-order command queue and one
- * program that holds every kernel, so data stays on the device between ops
+ * program that contains every kernel, so data stays on the device between ops
  * and ops run in the order the core enqueues them.
  */
 #ifndef DM_OCL_H

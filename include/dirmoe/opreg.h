@@ -196,7 +196,7 @@ int dm_op_tensor_returned(const dm_op_def *op, int i);
 /*
  * Runs the op on backend `be`: resolves the attributes, checks every given
  * tensor's name, dtype, shape and index range, allocates device buffers,
- * uploads, calls, downloads. `in` holds n_in tensors by name; every tensor
+ * uploads, calls, downloads. `in` contains n_in tensors by name; every tensor
  * that is required must be among them, and a name the op does not have is
  * an error. On success out[0 .. *n_out-1] are the returned tensors in table
  * order, with data allocated by malloc (release with dm_host_tensors_free).

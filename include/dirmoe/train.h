@@ -58,7 +58,7 @@ enum { DM_DATA_STREAM_TRAIN = 0, DM_DATA_STREAM_VAL = 1 };
  * ((w1 << 32) | w0) mod (n - t) with the Philox block (key seed, counter
  * {i, 0, (stream << 8) | DM_RNG_DATA, step}). Training uses stream TRAIN and
  * the training step; evaluation uses stream VAL with step = the evaluation
- * batch index, so every evaluation sees the same batches.
+ * batch index, so every evaluation reads the same batches.
  */
 dm_status dm_data_sample(const dm_dataset *ds, uint64_t seed, uint32_t stream, uint32_t step,
                          dm_batch *batch);
